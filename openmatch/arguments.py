@@ -1,0 +1,177 @@
+"""Command-line arguments of every driver, parsed by ``transformers.HfArgumentParser``.
+
+The flag names and defaults are OpenMatch v2's, so the recipe's command lines work unchanged. Flags that
+transformers 5 removed from ``TrainingArguments`` but the recipe still passes (``--evaluation_strategy``,
+``--logging_dir``, ``--warmup_ratio``, ``--overwrite_output_dir``) are accepted here and mapped onto their
+current equivalents.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+from transformers import HfArgumentParser, TrainingArguments
+
+logger = logging.getLogger(__name__)
+
+POOLING_CHOICES = ("first", "mean")
+
+
+@dataclass
+class ModelArguments:
+    """Which backbone to load and how a sequence becomes one vector."""
+
+    model_name_or_path: str = field(
+        metadata={"help": "Hugging Face model folder, or an openmatch/OpenMatch checkpoint folder"}
+    )
+    tokenizer_name: Optional[str] = field(default=None, metadata={"help": "tokenizer folder if not the model's"})
+    config_name: Optional[str] = field(default=None, metadata={"help": "config folder if not the model's"})
+    cache_dir: Optional[str] = field(default=None, metadata={"help": "Hugging Face cache folder"})
+    untie_encoder: bool = field(default=False, metadata={"help": "separate query and passage towers"})
+    feature: str = field(default="last_hidden_state", metadata={"help": "backbone output used as features"})
+    pooling: str = field(
+        default="first",
+        metadata={"help": "first token or masked mean (encoder-only models)", "choices": list(POOLING_CHOICES)},
+    )
+    add_linear_head: bool = field(default=False, metadata={"help": "bias-free projection after pooling"})
+    projection_in_dim: int = field(default=768, metadata={"help": "input size of the linear head"})
+    projection_out_dim: int = field(default=768, metadata={"help": "output size of the linear head"})
+    encoder_only: bool = field(default=False, metadata={"help": "T5: use only the encoder and pool it"})
+    normalize: bool = field(default=False, metadata={"help": "L2-normalise representations"})
+    temperature: float = field(
+        default=1.0, metadata={"help": "scores are divided by this in the loss (1 = plain dot product)"}
+    )
+
+    def __post_init__(self):
+        if self.temperature <= 0:
+            raise ValueError(f"--temperature must be positive, got {self.temperature}")
+
+
+@dataclass
+class DataArguments:
+    """Where the data lies and how records become model input."""
+
+    train_path: Optional[str] = field(default=None, metadata={"help": "training JSONL (build_train/build_hn)"})
+    train_dir: Optional[str] = field(default=None, metadata={"help": "folder whose *.jsonl files are the training set"})
+    eval_path: Optional[str] = field(default=None, metadata={"help": "validation JSONL, same format as training"})
+    query_path: Optional[str] = field(default=None, metadata={"help": "queries (TSV/JSONL, optionally .gz)"})
+    corpus_path: Optional[str] = field(default=None, metadata={"help": "passages (TSV/JSONL, optionally .gz)"})
+    train_n_passages: int = field(default=8, metadata={"help": "passages per query: 1 positive + n-1 negatives"})
+    positive_passage_no_shuffle: bool = field(default=False, metadata={"help": "always take the first positive"})
+    negative_passage_no_shuffle: bool = field(default=False, metadata={"help": "take negatives in file order"})
+    q_max_len: int = field(default=32, metadata={"help": "query length in tokens, special tokens included"})
+    p_max_len: int = field(default=128, metadata={"help": "passage length in tokens, special tokens included"})
+    query_template: Optional[str] = field(default=None, metadata={"help": 'e.g. "<text>"'})
+    query_column_names: Optional[str] = field(default=None, metadata={"help": "e.g. id,text (header-less TSV)"})
+    doc_template: Optional[str] = field(default=None, metadata={"help": 'e.g. "Title: <title> Text: <text>"'})
+    doc_column_names: Optional[str] = field(default=None, metadata={"help": "e.g. id,title,text (header-less TSV)"})
+
+    def __post_init__(self):
+        if self.train_n_passages < 1:
+            raise ValueError(f"--train_n_passages must be at least 1, got {self.train_n_passages}")
+        for name in ("q_max_len", "p_max_len"):
+            if getattr(self, name) < 2:
+                raise ValueError(f"--{name} must be at least 2, got {getattr(self, name)}")
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+
+
+@dataclass
+class OpenMatchTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus the recipe's flags that transformers 5 no longer has."""
+
+    evaluation_strategy: Optional[str] = field(
+        default=None, metadata={"help": "old name of --eval_strategy (no/steps/epoch)"}
+    )
+    logging_dir: Optional[str] = field(default=None, metadata={"help": "TensorBoard log folder"})
+    warmup_ratio: float = field(
+        default=0.1, metadata={"help": "linear warm-up over this fraction of steps, unless --warmup_steps is set"}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "replace what --output_dir holds instead of refusing or resuming"}
+    )
+    report_to: None | str | list[str] = field(
+        default="tensorboard", metadata={"help": "logging integrations (tensorboard by default)"}
+    )
+    remove_unused_columns: bool = field(default=False, metadata={"help": "keep every collated field"})
+
+    def __post_init__(self):
+        if self.evaluation_strategy is not None:
+            self.eval_strategy = self.evaluation_strategy
+        if self.warmup_steps == 0 and self.warmup_ratio:
+            if not 0 <= self.warmup_ratio < 1:
+                raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+            # transformers 5 reads a warmup_steps below 1 as a fraction of the training steps.
+            self.warmup_steps = self.warmup_ratio
+        if self.logging_dir:
+            self.logging_dir = os.path.expanduser(self.logging_dir)
+            # transformers 5's TensorBoard callback takes its folder from this variable only.
+            os.environ["TENSORBOARD_LOGGING_DIR"] = self.logging_dir
+        if (self.fp16 or self.bf16) and not self.use_cpu and not _has_accelerator():
+            if self.fp16:
+                warnings.warn("--fp16 needs a GPU; none is available, so this run uses float32.", stacklevel=2)
+                self.fp16 = False
+        super().__post_init__()
+
+
+@dataclass
+class DRTrainingArguments(OpenMatchTrainingArguments):
+    """Training flags for ``openmatch.driver.train_dr``."""
+
+    negatives_x_device: bool = field(
+        default=False, metadata={"help": "share passages across ranks as in-batch negatives"}
+    )
+    grad_cache: bool = field(default=False, metadata={"help": "gradient caching for large batches"})
+    gc_q_chunk_size: int = field(default=4, metadata={"help": "queries per GradCache sub-batch"})
+    gc_p_chunk_size: int = field(default=32, metadata={"help": "passages per GradCache sub-batch"})
+    eval_retrieval_k: str = field(
+        default="10,100", metadata={"help": "cut-offs for validation MRR/Recall (first one is used for MRR)"}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.grad_cache and (self.gc_q_chunk_size < 1 or self.gc_p_chunk_size < 1):
+            raise ValueError("--gc_q_chunk_size and --gc_p_chunk_size must be positive")
+
+
+@dataclass
+class InferenceArguments(OpenMatchTrainingArguments):
+    """Flags for ``build_index`` and ``retrieve`` (``--output_dir`` is the embedding folder)."""
+
+    use_gpu: bool = field(default=False, metadata={"help": "search on the GPU(s) with faiss-gpu"})
+    faiss_starting_gpu: int = field(default=0, metadata={"help": "first GPU used by faiss"})
+    faiss_index: str = field(
+        default="Flat", metadata={"help": "faiss index factory string: Flat (exact), IVF4096,Flat, HNSW32, ..."}
+    )
+    trec_save_path: Optional[str] = field(default=None, metadata={"help": "where retrieve writes its TREC run"})
+    retrieve_depth: int = field(default=100, metadata={"help": "passages retrieved per query"})
+    max_inmem_docs: int = field(default=10_000_000, metadata={"help": "passages per embedding shard"})
+    run_id: str = field(default="OpenMatch", metadata={"help": "last column of the TREC run"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.retrieve_depth < 1:
+            raise ValueError(f"--retrieve_depth must be positive, got {self.retrieve_depth}")
+        if self.max_inmem_docs < 1:
+            raise ValueError(f"--max_inmem_docs must be positive, got {self.max_inmem_docs}")
+
+
+def parse_args(dataclass_types: Sequence[type], args: Optional[Sequence[str]] = None) -> tuple:
+    """Parse flags (or a single ``.json`` file) into the given dataclasses.
+
+    Unknown flags are an error, as with any argparse program, so a typo never silently does nothing.
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    parser = HfArgumentParser(tuple(dataclass_types))
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(args=argv)

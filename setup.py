@@ -1,0 +1,35 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="openmatch",
+    version="0.1.0",
+    description="Dense retrieval toolkit: train, index, search and evaluate bi-encoders on MS MARCO-style data",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    packages=find_packages(include=["openmatch", "openmatch.*"]),
+    python_requires=">=3.10",
+    # torch is deliberately unpinned: install the build that fits your machine (CPU or CUDA) first.
+    install_requires=[
+        "torch>=2.2",
+        "transformers>=5.0,<6",
+        "accelerate>=1.0",
+        "numpy>=1.24",
+        "tqdm>=4.60",
+        "tensorboard>=2.14",
+        "safetensors>=0.4",
+        "faiss-cpu>=1.8",
+    ],
+    extras_require={
+        "gpu": ["faiss-gpu>=1.8"],
+        "test": ["pytest>=8", "pytrec-eval-terrier>=0.5.6", "ir-measures>=0.3"],
+        "dev": ["pytest>=8", "pytrec-eval-terrier>=0.5.6", "ir-measures>=0.3"],
+    },
+    classifiers=[
+        "License :: OSI Approved :: MIT License",
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Information Analysis",
+    ],
+)

@@ -1,0 +1,98 @@
+"""Tiny BERT and T5 models built from configs, with tokenizers trained locally (no hub access)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "pa", "qu", "do", "fe", "gi", "ho", "ju"]
+
+
+def synthetic_words(n: int = 1500) -> list[str]:
+    """Deterministic pseudo-words: the vocabulary of synthetic retrieval tasks in tests."""
+    words = ["".join(p) for p in itertools.product(SYLLABLES, repeat=2)]
+    words += ["".join(p) for p in itertools.product(SYLLABLES, repeat=3)]
+    return words[:n]
+
+
+def _training_text(extra: list[str] | None = None) -> list[str]:
+    words = synthetic_words()
+    lines = [" ".join(words[i : i + 12]) for i in range(0, len(words), 12)]
+    lines += extra or []
+    lines += ["the of and a to in is for on with title text query passage"] * 5
+    return lines
+
+
+def build_bert_tokenizer(out_dir: str | os.PathLike, extra_text: list[str] | None = None):
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(_training_text(extra_text), trainers.WordPieceTrainer(vocab_size=2000, special_tokens=specials))
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    from tokenizers import decoders
+
+    tok.decoder = decoders.WordPiece()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]"
+    )
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def build_t5_tokenizer(out_dir: str | os.PathLike, extra_text: list[str] | None = None):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "</s>", "<unk>"]  # T5's ids: pad 0 (also the decoder start), eos 1, unk 2
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(
+        _training_text(extra_text), trainers.UnigramTrainer(vocab_size=2000, special_tokens=specials, unk_token="<unk>")
+    )
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
+    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="</s>")
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def build_tiny_bert(out_dir: str | os.PathLike, seed: int = 0, hidden: int = 32, extra_text=None) -> Path:
+    import torch
+    from transformers import BertConfig, BertModel
+
+    out_dir = Path(out_dir)
+    tokenizer = build_bert_tokenizer(out_dir, extra_text)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=hidden * 2, max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_t5(out_dir: str | os.PathLike, seed: int = 0, d_model: int = 32, gated: bool = False, extra_text=None) -> Path:
+    import torch
+    from transformers import T5Config, T5Model
+
+    out_dir = Path(out_dir)
+    tokenizer = build_t5_tokenizer(out_dir, extra_text)
+    config = T5Config(
+        vocab_size=len(tokenizer), d_model=d_model, d_kv=8, d_ff=d_model * 2, num_layers=2, num_decoder_layers=2,
+        num_heads=4, feed_forward_proj="gated-gelu" if gated else "relu", pad_token_id=0, eos_token_id=1,
+        decoder_start_token_id=0, tie_word_embeddings=not gated,
+    )
+    torch.manual_seed(seed)
+    T5Model(config).save_pretrained(out_dir)
+    return out_dir
