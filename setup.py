@@ -27,9 +27,4 @@ setup(
         "test": ["pytest>=8", "pytrec-eval-terrier>=0.5.6", "ir-measures>=0.3"],
         "dev": ["pytest>=8", "pytrec-eval-terrier>=0.5.6", "ir-measures>=0.3"],
     },
-    classifiers=[
-        "License :: OSI Approved :: MIT License",
-        "Programming Language :: Python :: 3",
-        "Topic :: Scientific/Engineering :: Information Analysis",
-    ],
 )
