@@ -1,0 +1,274 @@
+"""Training data: the build_train/build_hn JSONL, read by random access, and its collator.
+
+Each line is ``{"query": [ids], "positives": [[ids], ...], "negatives": [[ids], ...]}`` with token ids
+WITHOUT special tokens (OpenMatch's format). The dataset is map-style: one scan of the files records the
+byte offset of every line, and an item is read, parsed and tokenised on demand (MS MARCO's 400k lines ×
+30 negatives never sit in memory). A map-style dataset under the Trainer's sampler gives every example to
+exactly one (rank, loader worker), which OpenMatch's ``IterableDataset`` got wrong.
+
+Passage choice is a pure function of ``(seed, epoch, example index)``, so a resumed run replays exactly:
+
+- positive: a uniformly random one (``numpy.random.default_rng([seed, epoch, index])``), or the first one
+  with ``--positive_passage_no_shuffle``;
+- negatives (``train_n_passages - 1`` of them): the example's negatives are shuffled once by
+  ``default_rng([seed, index])`` and each epoch takes the next window of that permutation (epoch ``e``
+  starts at ``e * (n - 1) mod len``, wrapping around), as OpenMatch/Tevatron do, so consecutive epochs use
+  different negatives and all of them are seen before any repeats. With ``--negative_passage_no_shuffle``
+  the first ``n - 1`` negatives in file order are taken every epoch (OpenMatch's behaviour);
+- an example with fewer negatives than ``n - 1`` draws them with replacement (logged once per dataset);
+  an example with no negatives at all when ``n > 1`` is a ``DataFormatError``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from .readers import DataFormatError
+from .tokenization import SpecialTokenLayout, pad_batch
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_train_files(train_path: Optional[str] = None, train_dir: Optional[str] = None) -> list[str]:
+    """The training files: ``--train_path`` (one file) or every ``*.jsonl`` of ``--train_dir``, sorted."""
+    if bool(train_path) == bool(train_dir):
+        raise ValueError("give exactly one of --train_path and --train_dir")
+    if train_path:
+        if not os.path.isfile(train_path):
+            raise FileNotFoundError(f"{train_path}: no such file (--train_path)")
+        return [train_path]
+    if not os.path.isdir(train_dir):
+        raise FileNotFoundError(f"{train_dir}: no such folder (--train_dir)")
+    files = sorted(glob.glob(os.path.join(train_dir, "*.jsonl")))
+    if not files:
+        raise FileNotFoundError(f"{train_dir}: no *.jsonl files (--train_dir)")
+    return files
+
+
+def _check_ids(value, path: str, line: int, what: str) -> list[int]:
+    if not isinstance(value, list) or not value:
+        raise DataFormatError(path, line, f"{what} must be a non-empty list of token ids")
+    if not all(isinstance(tok, int) and not isinstance(tok, bool) and tok >= 0 for tok in value):
+        raise DataFormatError(path, line, f"{what} must hold non-negative integer token ids")
+    return value
+
+
+class TrainDataset(Dataset):
+    """Map-style training set over one or more JSONL files (see the module docstring for the sampling).
+
+    ``dataset[i]`` is ``{"query": [ids], "passages": [[ids] * train_n_passages]}`` with special tokens added
+    and truncated to ``q_max_len`` / ``p_max_len``; the first passage is the positive.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        tokenizer=None,
+        *,
+        layout: Optional[SpecialTokenLayout] = None,
+        train_n_passages: int = 8,
+        q_max_len: int = 32,
+        p_max_len: int = 128,
+        seed: int = 42,
+        positive_passage_no_shuffle: bool = False,
+        negative_passage_no_shuffle: bool = False,
+        show_progress: bool = True,
+    ):
+        if layout is None:
+            if tokenizer is None:
+                raise ValueError("TrainDataset needs a tokenizer or a SpecialTokenLayout")
+            layout = SpecialTokenLayout(tokenizer)
+        if train_n_passages < 1:
+            raise ValueError(f"train_n_passages must be at least 1, got {train_n_passages}")
+        self.paths = [os.fspath(p) for p in paths]
+        for path in self.paths:
+            if path.endswith(".gz"):
+                raise ValueError(f"{path}: training files are read by byte offset and must not be compressed")
+        self.layout = layout
+        self.train_n_passages = train_n_passages
+        self.q_max_len, self.p_max_len = q_max_len, p_max_len
+        self.seed = seed
+        self.positive_passage_no_shuffle = positive_passage_no_shuffle
+        self.negative_passage_no_shuffle = negative_passage_no_shuffle
+        self.epoch = 0
+        self._warned_replacement = False
+        self._fds: dict[int, int] = {}
+        self._fd_pid: Optional[int] = None
+        self._build_index(show_progress)
+
+    @classmethod
+    def from_args(cls, data_args, tokenizer, seed: int, path: Optional[str] = None) -> "TrainDataset":
+        """The training set of ``--train_path``/``--train_dir``, or the file ``path`` (e.g. ``--eval_path``)."""
+        paths = [path] if path else resolve_train_files(data_args.train_path, data_args.train_dir)
+        return cls(
+            paths,
+            tokenizer,
+            train_n_passages=data_args.train_n_passages,
+            q_max_len=data_args.q_max_len,
+            p_max_len=data_args.p_max_len,
+            seed=seed,
+            positive_passage_no_shuffle=data_args.positive_passage_no_shuffle,
+            negative_passage_no_shuffle=data_args.negative_passage_no_shuffle,
+        )
+
+    # -- index -------------------------------------------------------------------------------------------
+
+    def _build_index(self, show_progress: bool) -> None:
+        """Record (file, start, end, line number) of every non-blank line in one buffered scan."""
+        from tqdm.auto import tqdm
+
+        files, starts, ends, lines = [], [], [], []
+        total = sum(os.path.getsize(p) for p in self.paths)
+        with tqdm(total=total, unit="B", unit_scale=True, desc="indexing training data",
+                  disable=not show_progress or total < (64 << 20)) as bar:
+            for file_no, path in enumerate(self.paths):
+                offset = 0
+                with open(path, "rb", buffering=1 << 20) as handle:
+                    for line_no, raw in enumerate(handle, start=1):
+                        if raw.strip():
+                            files.append(file_no)
+                            starts.append(offset)
+                            ends.append(offset + len(raw))
+                            lines.append(line_no)
+                        offset += len(raw)
+                        bar.update(len(raw))
+        if not starts:
+            raise DataFormatError(", ".join(self.paths), None, "no training examples")
+        self._file = np.asarray(files, dtype=np.int32)
+        self._start = np.asarray(starts, dtype=np.int64)
+        self._end = np.asarray(ends, dtype=np.int64)
+        self._line = np.asarray(lines, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._start)
+
+    def __getstate__(self):
+        # File descriptors are per process; loader workers (fork or spawn) open their own.
+        state = self.__dict__.copy()
+        state["_fds"], state["_fd_pid"] = {}, None
+        return state
+
+    def __del__(self):
+        for fd in getattr(self, "_fds", {}).values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _fd(self, file_no: int) -> int:
+        if self._fd_pid != os.getpid():  # a forked worker must not share (or close) the parent's descriptors
+            self._fds, self._fd_pid = {}, os.getpid()
+        fd = self._fds.get(file_no)
+        if fd is None:
+            fd = self._fds[file_no] = os.open(self.paths[file_no], os.O_RDONLY)
+        return fd
+
+    def location(self, index: int) -> tuple[str, int]:
+        """``(path, line number)`` of example ``index``."""
+        return self.paths[self._file[index]], int(self._line[index])
+
+    def raw(self, index: int) -> dict:
+        """Example ``index`` as stored (without special tokens), validated; errors name file and line."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"example {index} out of range (dataset has {len(self)})")
+        file_no, start, end = int(self._file[index]), int(self._start[index]), int(self._end[index])
+        path, line = self.location(index)
+        data = os.pread(self._fd(file_no), end - start, start)
+        try:
+            record = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise DataFormatError(path, line, f"invalid JSON: {getattr(err, 'msg', err)}") from None
+        if not isinstance(record, dict):
+            raise DataFormatError(path, line, "expected a JSON object")
+        query = _check_ids(record.get("query"), path, line, '"query"')
+        positives = record.get("positives")
+        if not isinstance(positives, list) or not positives:
+            raise DataFormatError(path, line, 'no positive passages ("positives" is missing or empty)')
+        negatives = record.get("negatives", [])
+        if not isinstance(negatives, list):
+            raise DataFormatError(path, line, '"negatives" must be a list of token-id lists')
+        positives = [_check_ids(p, path, line, f'"positives"[{i}]') for i, p in enumerate(positives)]
+        negatives = [_check_ids(p, path, line, f'"negatives"[{i}]') for i, p in enumerate(negatives)]
+        return {"query": query, "positives": positives, "negatives": negatives}
+
+    # -- sampling ----------------------------------------------------------------------------------------
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose passages ``__getitem__`` returns (called by the trainer each epoch)."""
+        self.epoch = int(epoch)
+
+    def sample_passages(self, index: int, record: dict, epoch: Optional[int] = None) -> list[list[int]]:
+        """The ``train_n_passages`` passages (positive first) of example ``index`` at ``epoch``."""
+        epoch = self.epoch if epoch is None else epoch
+        rng = np.random.default_rng([self.seed, epoch, index])
+        positives, negatives = record["positives"], record["negatives"]
+        positive = positives[0] if self.positive_passage_no_shuffle else positives[int(rng.integers(len(positives)))]
+        k = self.train_n_passages - 1
+        if k == 0:
+            return [positive]
+        if not negatives:
+            path, line = self.location(index)
+            raise DataFormatError(path, line, f"no negatives, but --train_n_passages {self.train_n_passages} needs {k}")
+        if len(negatives) < k:
+            if not self._warned_replacement:
+                self._warned_replacement = True
+                path, line = self.location(index)
+                logger.warning(
+                    "%s:%d has %d negatives, fewer than the %d needed (--train_n_passages %d): sampling with "
+                    "replacement for such examples (reported once)", path, line, len(negatives), k,
+                    self.train_n_passages,
+                )
+            picks = rng.integers(len(negatives), size=k)
+        elif self.negative_passage_no_shuffle:
+            picks = range(k)
+        else:
+            order = np.random.default_rng([self.seed, index]).permutation(len(negatives))
+            offset = epoch * k % len(negatives)
+            picks = order[(offset + np.arange(k)) % len(negatives)]
+        return [positive] + [negatives[int(i)] for i in picks]
+
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        record = self.raw(index)
+        passages = self.sample_passages(index, record)
+        wrap = self.layout.wrap
+        return {
+            "query": wrap(record["query"], self.q_max_len),
+            "passages": [wrap(p, self.p_max_len) for p in passages],
+        }
+
+
+class TrainCollator:
+    """Batch ``TrainDataset`` items: ``{"query": {input_ids, attention_mask}, "passage": {...}}``.
+
+    Passages are flattened query by query (query ``i``'s positive is row ``i * n``). Padding is to the
+    longest sequence of the batch, not to max length: the same math with less compute.
+    """
+
+    def __init__(self, pad_id: int, pad_to_multiple_of: Optional[int] = None):
+        self.pad_id = pad_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, pad_to_multiple_of: Optional[int] = None) -> "TrainCollator":
+        if tokenizer.pad_token_id is None:
+            raise ValueError(f"tokenizer {type(tokenizer).__name__} has no pad token; set one before training")
+        return cls(tokenizer.pad_token_id, pad_to_multiple_of)
+
+    def __call__(self, items: Sequence[dict]) -> dict:
+        sizes = {len(item["passages"]) for item in items}
+        if len(sizes) != 1:
+            raise ValueError(f"every example must bring the same number of passages, got {sorted(sizes)}")
+        queries = [item["query"] for item in items]
+        passages = [p for item in items for p in item["passages"]]
+        return {
+            "query": pad_batch(queries, self.pad_id, self.pad_to_multiple_of),
+            "passage": pad_batch(passages, self.pad_id, self.pad_to_multiple_of),
+        }
