@@ -41,6 +41,12 @@ class DRModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def to_json_string(self) -> str:
+        """JSON text of :meth:`to_dict` (the Hugging Face Trainer's TensorBoard callback logs the model config)."""
+        import json
+
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
     def to_openmatch_json(self) -> dict[str, Any]:
         """The ``openmatch_config.json`` content: OpenMatch's keys first, then ours."""
         return {

@@ -13,8 +13,8 @@ class ContrastiveLoss(nn.Module):
 
     ``p_reps`` holds ``n = P / B`` passages per query, grouped: query ``i``'s positive is row ``i * n``,
     followed by its ``n - 1`` hard negatives; every other passage in the batch is an in-batch negative.
-    The loss is the mean over queries. Scores are computed in float32 so that fp16/bf16 reps do not
-    lose precision in the softmax.
+    The loss is the mean over queries. Scores are computed in at least float32 so that fp16/bf16 reps do
+    not lose precision in the softmax.
     """
 
     def __init__(self, temperature: float = 1.0):
@@ -40,11 +40,14 @@ class ContrastiveLoss(nn.Module):
                 f"number of queries ({n_queries}): each query needs one positive followed by its negatives"
             )
         group = n_passages // n_queries
-        scores = q_reps.float() @ p_reps.float().T
-        if self.temperature != 1.0:
-            scores = scores / self.temperature
-        target = torch.arange(n_queries, device=scores.device) * group
-        return F.cross_entropy(scores, target)
+        dtype = torch.promote_types(torch.promote_types(q_reps.dtype, p_reps.dtype), torch.float32)
+        # Autocast would otherwise run the matmul in half precision again.
+        with torch.autocast(device_type=q_reps.device.type, enabled=False):
+            scores = q_reps.to(dtype) @ p_reps.to(dtype).T
+            if self.temperature != 1.0:
+                scores = scores / self.temperature
+            target = torch.arange(n_queries, device=scores.device) * group
+            return F.cross_entropy(scores, target)
 
 
 def gather_with_grad(t: Tensor) -> Tensor:
