@@ -1,0 +1,151 @@
+"""A Python API for notebooks: load a model, encode texts, build and search an index, evaluate a run.
+
+    from openmatch import api
+    model, tokenizer = api.load_model("path/to/model", pooling="mean", normalize=True)
+    q = api.encode(model, tokenizer, ["what is a dense retriever?"], max_len=32, side="query")
+    api.build_index(model, tokenizer, "corpus.tsv", "index/", column_names="id,title,text",
+                    template="Title: <title> Text: <text>")
+    hits = api.search("index/", q, ["q1"], depth=10)          # {"q1": [(pid, score), ...]}
+    api.evaluate_run("qrels.tsv", "run.trec", ["mrr@10"])
+
+The drivers ``build_index`` and ``retrieve`` are thin compositions of these functions.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .arguments import ModelArguments
+from .dataset.inference_dataset import InferenceDataset, make_loader
+from .dataset.tokenization import pad_batch
+from .retriever.encode import Precision, encode_batches, pick_device
+from .retriever.index import BuildOptions
+from .retriever.index import build_index as _build_index
+from .retriever.search import EmbeddingIndex, SearchOptions, search_index
+
+
+def load_model(path_or_args: str | os.PathLike | ModelArguments, **model_kwargs):
+    """``(DRModel, tokenizer)`` from a model folder (with ``ModelArguments`` fields as keywords) or arguments."""
+    from .modeling import load_model_and_tokenizer
+
+    if isinstance(path_or_args, ModelArguments):
+        args = path_or_args
+    else:
+        args = ModelArguments(model_name_or_path=os.fspath(path_or_args), **model_kwargs)
+    return load_model_and_tokenizer(args)
+
+
+def encode(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    max_len: int = 128,
+    batch_size: int = 64,
+    side: str = "passage",
+    device: Optional[str] = None,
+    fp16: bool = False,
+    bf16: bool = False,
+) -> np.ndarray:
+    """Embeddings ``[len(texts), dim]`` (float32, input order) of ``texts`` encoded as passages or queries.
+
+    Texts are batched by length and padded per batch, like ``build_index``.
+    """
+    if side not in ("passage", "query"):
+        raise ValueError(f"side must be 'passage' or 'query', got {side!r}")
+    if isinstance(texts, str):
+        raise TypeError("encode takes a list of texts, not one string")
+    texts = list(texts)
+    if not texts:
+        return np.zeros((0, int(model.embedding_dim)), dtype=np.float32)
+    encoded = tokenizer(texts, truncation=True, max_length=max_len, add_special_tokens=True, return_attention_mask=False)["input_ids"]
+    order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
+
+    def batches():
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = pad_batch([encoded[i] for i in rows], tokenizer.pad_token_id)
+            batch["rows"] = rows
+            yield batch
+
+    precision = Precision(pick_device(device), fp16, bf16)
+    model = precision.prepare(model)
+    out = np.zeros((len(texts), int(model.embedding_dim)), dtype=np.float32)
+    for batch, reps in encode_batches(model, batches(), precision, side=side):
+        out[batch["rows"]] = reps
+    return out
+
+
+def encode_file(
+    model,
+    tokenizer,
+    path: str | os.PathLike,
+    max_len: int = 32,
+    batch_size: int = 64,
+    template: Optional[str] = None,
+    column_names: Optional[str] = None,
+    side: str = "query",
+    num_workers: int = 0,
+    device: Optional[str] = None,
+    fp16: bool = False,
+    bf16: bool = False,
+) -> tuple[list[str], np.ndarray]:
+    """``(ids, embeddings)`` of every record of a TSV/JSONL file, in file order (one process).
+
+    A repeated id is an error naming its two lines.
+    """
+    from .retriever.index import find_duplicate
+
+    dataset = InferenceDataset(
+        path, tokenizer, max_len=max_len, batch_size=batch_size, template=template, column_names=column_names,
+        kind=side, rank=0, world_size=1,
+    )
+    precision = Precision(pick_device(device), fp16, bf16)
+    model = precision.prepare(model)
+    positions, ids, parts = [], [], []
+    loader = make_loader(dataset, num_workers, pin_memory=precision.device.type == "cuda")
+    for batch, reps in encode_batches(model, loader, precision, side=side):
+        positions.append(batch["positions"].numpy())
+        ids.extend(batch["ids"])
+        parts.append(reps)
+    if not ids:
+        from .dataset.readers import DataFormatError
+
+        raise DataFormatError(path, None, "no records: the file is empty")
+    order = np.argsort(np.concatenate(positions), kind="stable")
+    ids = [ids[i] for i in order]
+    if len(set(ids)) != len(ids):
+        seen = set()
+        for rid in ids:
+            if rid in seen:
+                raise find_duplicate(os.fspath(path), column_names, rid)
+            seen.add(rid)
+    return ids, np.concatenate(parts)[order]
+
+
+def build_index(model, tokenizer, corpus_path: str | os.PathLike, output_dir: str | os.PathLike, model_path: str = "", **options) -> dict:
+    """Encode a corpus into an index folder (see :class:`openmatch.retriever.BuildOptions` for the options);
+    returns the manifest. Resumes an interrupted build of the same model and corpus."""
+    opts = BuildOptions(corpus_path=os.fspath(corpus_path), output_dir=os.fspath(output_dir), **options)
+    return _build_index(model, tokenizer, opts, model_path=model_path)
+
+
+def search(
+    index_dir: str | os.PathLike | EmbeddingIndex,
+    query_embeddings: np.ndarray,
+    query_ids: Sequence[str],
+    depth: int = 100,
+    **options,
+) -> dict[str, list[tuple[str, float]]]:
+    """``{qid: [(pid, score), ...]}`` best first (see :class:`openmatch.retriever.SearchOptions`)."""
+    return search_index(index_dir, query_embeddings, list(query_ids), SearchOptions(depth=depth, **options))
+
+
+def evaluate_run(qrels_path, run_path, metrics: Sequence[str] = ("mrr@10", "recall@100", "ndcg@10", "map")) -> dict:
+    """Mean metrics of a TREC run file against a qrels file (``openmatch.evaluation``)."""
+    from .dataset.qrels import load_qrels, load_run
+    from .evaluation.metrics import evaluate
+
+    return evaluate(load_qrels(qrels_path), load_run(run_path), metrics=tuple(metrics))

@@ -1,0 +1,212 @@
+"""Query and corpus streams for encoding: exactly once, tokenised in the loader workers, length-sorted.
+
+A record file (TSV, JSONL, optionally gzip) is read as raw lines. Each non-empty data line gets a position
+``g``; rank ``g % world_size`` owns it and calls it its local position ``j = g // world_size``. Inside a
+rank, :class:`~openmatch.dataset.streaming.ShardedStream` deals the rank's lines to its DataLoader workers,
+so every record is encoded by exactly one (rank, worker). The split of the corpus between ranks does not
+depend on the number of loader workers, so an interrupted run can be resumed with another worker count.
+
+A worker only decodes and parses the lines it owns. It collects a window of ``window_batches × batch_size``
+records, tokenises them in one call of the fast tokenizer (truncation to ``max_len``, special tokens
+included), sorts the window by length and cuts it into batches padded to their own longest sequence
+(:func:`~openmatch.dataset.tokenization.pad_batch`). Padding is masked, so this changes no embedding
+while skipping most of the work spent on padding when texts vary in length.
+
+Templates: ``--doc_template``/``--query_template`` as in OpenMatch (``"Title: <title> Text: <text>"``).
+OpenMatch has no default; here a missing template means ``"<text>"`` (the record's text field), with a
+warning for passages because a title, if any, is then ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Callable, Iterator, Optional, Sequence
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from ..utils import dist_context
+from .readers import DataFormatError, find_id_key, is_jsonl, open_binary, parse_column_names, record_id
+from .streaming import ShardedStream
+from .template import Template
+from .tokenization import pad_batch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TEMPLATE = "<text>"
+
+
+def resolve_template(template: Optional[str], kind: str = "passage") -> Template:
+    """The :class:`Template` for ``template``, or ``"<text>"`` when none is given (see module docstring)."""
+    if template:
+        return Template(template)
+    if kind == "passage":
+        logger.warning(
+            "no --doc_template given: encoding each passage's <text> field only (a title, if any, is ignored); "
+            "pass e.g. --doc_template 'Title: <title> Text: <text>' to include it"
+        )
+    return Template(DEFAULT_TEMPLATE)
+
+
+class RecordParser:
+    """Turns one raw line of a TSV or JSONL file into ``(id, record)``, reporting errors as ``path:line``."""
+
+    def __init__(self, path: str, column_names: Optional[Sequence[str]] = None):
+        self.path = os.fspath(path)
+        self.jsonl = is_jsonl(self.path)
+        self.names = parse_column_names(column_names) if not self.jsonl else None
+        self.id_key: Optional[str] = None
+
+    @property
+    def needs_header(self) -> bool:
+        return not self.jsonl and self.names is None
+
+    def set_header(self, raw: bytes, line_no: int) -> None:
+        self.names = parse_column_names(self.decode(raw, line_no).split("\t"))
+
+    def decode(self, raw: bytes, line_no: int) -> str:
+        try:
+            return raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as err:
+            raise DataFormatError(self.path, line_no, f"invalid UTF-8 at byte {err.start}") from None
+
+    def parse(self, raw: bytes, line_no: int) -> tuple[str, dict]:
+        line = self.decode(raw, line_no)
+        if self.jsonl:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataFormatError(self.path, line_no, f"invalid JSON: {err.msg}") from None
+            if not isinstance(record, dict):
+                raise DataFormatError(self.path, line_no, "expected a JSON object")
+        else:
+            fields = line.split("\t")
+            if len(fields) != len(self.names):
+                raise DataFormatError(
+                    self.path,
+                    line_no,
+                    f"expected {len(self.names)} tab-separated columns ({','.join(self.names)}), found {len(fields)}",
+                )
+            record = dict(zip(self.names, fields))
+        if self.id_key is None:
+            self.id_key = find_id_key(record, self.path, line_no)
+        rid = record_id(record, self.id_key, self.path, line_no)
+        if any(ch.isspace() for ch in rid):
+            raise DataFormatError(self.path, line_no, f"id {rid!r} contains white space, which a TREC run cannot hold")
+        return rid, record
+
+
+def iter_raw_data_lines(path: str, parser: RecordParser) -> Iterator[tuple[int, bytes]]:
+    """``(line_number, raw_line)`` of every non-empty data line (after the TSV header, if the file has one)."""
+    with open_binary(path) as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            if parser.needs_header:
+                parser.set_header(raw, line_no)
+                continue
+            yield line_no, raw
+
+
+class InferenceDataset(IterableDataset):
+    """Padded, length-sorted batches of one rank's share of a query or corpus file.
+
+    Each yielded batch is a dict with ``input_ids``/``attention_mask`` (LongTensors padded to the batch's
+    longest sequence), ``ids`` (record ids) and ``positions`` (LongTensor of the records' local positions
+    ``j`` in this rank's share, in file order). ``skip(j) -> bool`` drops positions before they are parsed
+    (used to resume a partly built index).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        tokenizer,
+        max_len: int,
+        batch_size: int,
+        template: Optional[str | Template] = None,
+        column_names: Optional[str | Sequence[str]] = None,
+        kind: str = "passage",
+        rank: Optional[int] = None,
+        world_size: Optional[int] = None,
+        skip: Optional[Callable[[int], bool]] = None,
+        window_batches: int = 50,
+        sort_by_length: bool = True,
+    ):
+        self.path = os.fspath(path)
+        if not os.path.exists(self.path):
+            raise FileNotFoundError(f"{self.path}: no such file")
+        if batch_size < 1:
+            raise ValueError(f"batch size must be positive, got {batch_size}")
+        self.tokenizer = tokenizer
+        self.max_len = max_len
+        self.batch_size = batch_size
+        self.template = template if isinstance(template, Template) else resolve_template(template, kind)
+        self.column_names = parse_column_names(column_names)
+        self.rank, self.world_size = rank, world_size
+        self.skip = skip
+        self.window = max(1, window_batches) * batch_size if sort_by_length else batch_size
+        self.sort_by_length = sort_by_length
+        if tokenizer.pad_token_id is None:
+            raise ValueError(f"tokenizer {type(tokenizer).__name__} has no pad token; set one before encoding")
+
+    def _placement(self) -> tuple[int, int]:
+        rank, world_size = dist_context()
+        return (self.rank if self.rank is not None else rank, self.world_size if self.world_size is not None else world_size)
+
+    def _rank_lines(self, parser: RecordParser) -> Iterator[tuple[int, int, bytes]]:
+        """``(line_no, j, raw)`` of the lines this rank owns and does not skip; nothing is parsed here."""
+        rank, world_size = self._placement()
+        skip = self.skip
+        for g, (line_no, raw) in enumerate(iter_raw_data_lines(self.path, parser)):
+            if g % world_size != rank:
+                continue
+            j = g // world_size
+            if skip is not None and skip(j):
+                continue
+            yield line_no, j, raw
+
+    def _batches(self, window: list, parser: RecordParser) -> Iterator[dict]:
+        ids, positions, texts = [], [], []
+        for line_no, j, raw in window:
+            rid, record = parser.parse(raw, line_no)
+            ids.append(rid)
+            positions.append(j)
+            texts.append(self.template.fill(record))
+        encoded = self.tokenizer(
+            texts, truncation=True, max_length=self.max_len, add_special_tokens=True, return_attention_mask=False
+        )["input_ids"]
+        order = range(len(encoded))
+        if self.sort_by_length:
+            # Longest first: a batch too large for the device fails at once rather than hours later.
+            order = sorted(order, key=lambda i: -len(encoded[i]))
+        order = list(order)
+        pad_id = self.tokenizer.pad_token_id
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            batch = pad_batch([encoded[i] for i in chunk], pad_id)
+            batch["ids"] = [ids[i] for i in chunk]
+            batch["positions"] = torch.tensor([positions[i] for i in chunk], dtype=torch.long)
+            yield batch
+
+    def __iter__(self) -> Iterator[dict]:
+        parser = RecordParser(self.path, self.column_names)
+        # ShardedStream, told it is the only rank, deals this rank's lines to the loader workers.
+        lines = iter(ShardedStream(lambda: self._rank_lines(parser), rank=0, world_size=1))
+        window: list = []
+        for item in lines:
+            window.append(item)
+            if len(window) >= self.window:
+                yield from self._batches(window, parser)
+                window = []
+        if window:
+            yield from self._batches(window, parser)
+
+
+def make_loader(dataset: InferenceDataset, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over already-batched items (``batch_size=None``)."""
+    kwargs = {}
+    if num_workers > 0:
+        kwargs["prefetch_factor"] = 4
+    return DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **kwargs)

@@ -1,0 +1,109 @@
+"""Encode a corpus into an embedding index folder (OpenMatch's recipe flags, plus ``--bf16``).
+
+    python -m openmatch.driver.build_index --output_dir EMB --model_name_or_path MODEL \
+        --corpus_path corpus.tsv --doc_template "Title: <title> Text: <text>" --doc_column_names id,title,text \
+        --p_max_len 128 --per_device_eval_batch_size 256 --fp16 --dataloader_num_workers 1
+
+Distributed: ``torchrun --nproc_per_node=N -m openmatch.driver.build_index ...`` (or
+``python -m torch.distributed.launch``); each rank encodes its share, rank 0 writes ``manifest.json``.
+Writes ``.npy`` shards of at most ``--max_inmem_docs / world_size`` passages per rank; a rerun resumes,
+a folder holding another index is refused unless ``--overwrite_output_dir``. Layout:
+:mod:`openmatch.retriever.index`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+from ..arguments import DataArguments, InferenceArguments, ModelArguments, parse_args
+from ..utils import dataclasses_to_dict, dist_context, setup_logging
+from ._cli import main_wrapper
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class IndexArguments:
+    """Index-only flags (not in OpenMatch)."""
+
+    embedding_dtype: str = field(
+        default="float32", metadata={"help": "dtype of the stored embeddings", "choices": ["float32", "float16"]}
+    )
+
+
+def init_distributed() -> None:
+    """Join the process group a launcher (torchrun, torch.distributed.launch) describes, if any."""
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        dist.init_process_group(backend="nccl")
+    else:
+        dist.init_process_group(backend="gloo")
+
+
+def device_of(infer_args) -> Optional[str]:
+    return "cpu" if getattr(infer_args, "use_cpu", False) else None
+
+
+@main_wrapper
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    model_args, data_args, infer_args, index_args = parse_args(
+        (ModelArguments, DataArguments, InferenceArguments, IndexArguments), argv
+    )
+    init_distributed()
+    rank, _ = dist_context()
+    setup_logging(rank)
+    if not data_args.corpus_path:
+        raise ValueError("--corpus_path is required: the passages to encode (TSV/JSONL, optionally .gz)")
+    from .. import api
+
+    model, tokenizer = api.load_model(model_args)
+    api.build_index(
+        model,
+        tokenizer,
+        data_args.corpus_path,
+        infer_args.output_dir,
+        model_path=model_args.model_name_or_path,
+        max_len=data_args.p_max_len,
+        batch_size=infer_args.per_device_eval_batch_size,
+        template=data_args.doc_template,
+        column_names=data_args.doc_column_names,
+        num_workers=infer_args.dataloader_num_workers,
+        max_inmem_docs=infer_args.max_inmem_docs,
+        dtype=index_args.embedding_dtype,
+        fp16=infer_args.fp16,
+        bf16=infer_args.bf16,
+        overwrite=infer_args.overwrite_output_dir,
+        device=device_of(infer_args),
+        extra_manifest=_snapshot(model_args, data_args, infer_args, index_args),
+    )
+    _teardown()
+    return 0
+
+
+def _snapshot(*args) -> dict:
+    keep = ("output_dir", "per_device_eval_batch_size", "fp16", "bf16", "dataloader_num_workers", "max_inmem_docs", "use_cpu")
+    snap = dataclasses_to_dict(*args)
+    for name in list(snap):
+        if name == "InferenceArguments":  # the rest of TrainingArguments says nothing about the index
+            snap[name] = {key: snap[name].get(key) for key in keep}
+    return snap
+
+
+def _teardown() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Search an embedding index folder with faiss: exact by default, shard by shard with an exact top-k merge.
+
+Exact search (``faiss_index="Flat"``) runs ``faiss.knn`` (inner product) over each shard in blocks of rows,
+read through ``np.load(mmap_mode="r")``, and merges each block's top-k into the running top-k. The merge
+keeps the best ``k`` of the union, so the result equals one ``IndexFlatIP`` over the whole corpus while
+memory holds one block of passages plus ``n_queries × k`` results. Ties are broken by corpus order.
+
+Any other factory string (``IVF4096,Flat``, ``HNSW32``, ``IVF256,PQ16`` …) builds one approximate index:
+trained on a deterministic sample of the corpus (an IVF's list count is lowered, with a warning, when
+the corpus is too small to train it), filled shard by shard, then searched in query batches.
+
+faiss reports fewer than ``k`` hits with index ``-1``; such slots are dropped, never mapped to a passage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from .index import IndexFolderError, load_manifest
+
+logger = logging.getLogger(__name__)
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as err:  # pragma: no cover - faiss-cpu is a dependency
+        raise ImportError("searching needs faiss: pip install faiss-cpu (or faiss-gpu)") from err
+    return faiss
+
+
+class EmbeddingIndex:
+    """Read access to a complete index folder (see :mod:`openmatch.retriever.index`)."""
+
+    def __init__(self, index_dir: str | os.PathLike):
+        self.index_dir = os.fspath(index_dir)
+        self.manifest = load_manifest(self.index_dir)
+        self.dim = int(self.manifest["model"]["dim"])
+        self.total = int(self.manifest["total"])
+        self.shards = self.manifest["shards"]
+        self.offsets = np.cumsum([0] + [s["count"] for s in self.shards])
+
+    def embeddings(self, shard: dict) -> np.ndarray:
+        path = os.path.join(self.index_dir, shard["embeddings"])
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        if array.shape != (shard["count"], self.dim):
+            raise IndexFolderError(f"{path}: shape {array.shape} does not match the manifest ({shard['count']}, {self.dim})")
+        return array
+
+    def iter_blocks(self, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        """``(global_offset, float32 block)`` over the whole corpus, shard by shard."""
+        for shard, offset in zip(self.shards, self.offsets):
+            array = self.embeddings(shard)
+            for start in range(0, len(array), block_rows):
+                yield int(offset) + start, np.ascontiguousarray(array[start : start + block_rows], dtype=np.float32)
+
+    def lookup_ids(self, indices: np.ndarray) -> dict[int, str]:
+        """``{global_index: id}`` for the given indices, reading the id files once (no full id table in memory)."""
+        wanted = np.unique(indices[indices >= 0])
+        out: dict[int, str] = {}
+        for shard, offset in zip(self.shards, self.offsets):
+            end = offset + shard["count"]
+            lo, hi = np.searchsorted(wanted, [offset, end])
+            if lo == hi:
+                continue
+            targets = set(int(x) for x in wanted[lo:hi])
+            with open(os.path.join(self.index_dir, shard["ids"]), encoding="utf-8") as handle:
+                for row, line in enumerate(handle):
+                    if offset + row in targets:
+                        out[int(offset + row)] = line.rstrip("\n")
+        return out
+
+
+def merge_topk(
+    scores_a: np.ndarray, idx_a: np.ndarray, scores_b: np.ndarray, idx_b: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` of two candidate lists per query; ``a`` wins ties (it holds earlier corpus rows)."""
+    scores = np.concatenate([scores_a, scores_b], axis=1)
+    idx = np.concatenate([idx_a, idx_b], axis=1)
+    # Missing hits (-1) sort last whatever faiss put in their score.
+    keyed = np.where(idx >= 0, scores, -np.inf)
+    order = np.argsort(-keyed, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(keyed, order, axis=1), np.take_along_axis(idx, order, axis=1)
+
+
+@dataclass
+class SearchOptions:
+    """How to search; see :func:`search_index`."""
+
+    depth: int = 100
+    faiss_index: str = "Flat"
+    use_gpu: bool = False
+    starting_gpu: int = 0
+    block_rows: int = 1 << 18
+    query_batch_size: int = 8192
+    nprobe: int = 32
+    ef_search: int = 128
+    train_sample: int = 262_144
+    seed: int = 0
+
+
+def _gpu_list(faiss, starting_gpu: int) -> list[int]:
+    if not hasattr(faiss, "StandardGpuResources"):
+        raise RuntimeError(
+            "--use_gpu needs faiss with GPU support (faiss-gpu); the installed faiss "
+            f"{getattr(faiss, '__version__', '?')} is CPU-only"
+        )
+    count = faiss.get_num_gpus()
+    if count <= starting_gpu:
+        raise RuntimeError(f"--use_gpu: faiss sees {count} GPU(s), --faiss_starting_gpu is {starting_gpu}")
+    return list(range(starting_gpu, count))
+
+
+def _to_gpus(faiss, index, gpus: list[int]):
+    options = faiss.GpuMultipleClonerOptions()
+    options.shard = True  # split the vectors over the GPUs rather than copying them to each
+    return faiss.index_cpu_to_gpus_list(index, co=options, gpus=gpus)
+
+
+def _effective_k(depth: int, total: int) -> int:
+    if depth > total:
+        logger.warning("--retrieve_depth %d exceeds the corpus size %d; each query gets at most %d hits", depth, total, total)
+    return min(depth, total)
+
+
+def search_embeddings(
+    index: EmbeddingIndex, queries: np.ndarray, options: SearchOptions
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k ``(scores, global_indices)`` of each query row; missing hits have index -1."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if queries.ndim != 2 or queries.shape[1] != index.dim:
+        raise ValueError(
+            f"query embeddings have dimension {queries.shape[-1]} but the index in {index.index_dir} has {index.dim}: "
+            "queries and passages must be encoded by the same model"
+        )
+    k = _effective_k(options.depth, index.total)
+    spec = options.faiss_index.replace(" ", "")
+    if spec.lower() in ("flat", "flatip", ""):
+        return _search_exact(index, queries, k, options)
+    return _search_approximate(index, queries, k, spec, options)
+
+
+def _search_exact(index, queries, k, options):
+    faiss = _faiss()
+    nq = len(queries)
+    best_scores = np.full((nq, k), -np.inf, dtype=np.float32)
+    best_idx = np.full((nq, k), -1, dtype=np.int64)
+    gpus = _gpu_list(faiss, options.starting_gpu) if options.use_gpu else None
+    for offset, block in index.iter_blocks(options.block_rows):
+        kb = min(k, len(block))
+        if gpus is None:
+            scores, idx = faiss.knn(queries, block, kb, metric=faiss.METRIC_INNER_PRODUCT)
+        else:
+            cpu = faiss.IndexFlatIP(index.dim)
+            cpu.add(block)
+            gpu_index = _to_gpus(faiss, cpu, gpus)
+            scores, idx = _batched_search(gpu_index, queries, kb, options.query_batch_size)
+            del gpu_index
+        idx = np.where(idx >= 0, idx + offset, -1)
+        best_scores, best_idx = merge_topk(best_scores, best_idx, scores, idx, k)
+    return best_scores, best_idx
+
+
+def _batched_search(faiss_index, queries, k, batch_size):
+    scores, idx = [], []
+    for start in range(0, len(queries), batch_size):
+        s, i = faiss_index.search(queries[start : start + batch_size], k)
+        scores.append(s)
+        idx.append(i)
+    return np.concatenate(scores), np.concatenate(idx)
+
+
+def adjust_nlist(spec: str, total: int, min_points_per_list: int = 39) -> str:
+    """Lower an ``IVF<n>`` list count that the corpus cannot train (faiss wants ≥ 39 points per list)."""
+    match = re.search(r"IVF(\d+)", spec)
+    if not match:
+        return spec
+    nlist = int(match.group(1))
+    limit = max(1, total // min_points_per_list)
+    if nlist <= limit:
+        return spec
+    logger.warning("%s: %d lists need at least %d vectors, the corpus has %d; using IVF%d", spec, nlist, nlist * min_points_per_list, total, limit)
+    return spec[: match.start(1)] + str(limit) + spec[match.end(1) :]
+
+
+def _train_sample(index: EmbeddingIndex, size: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(index.total, size=min(size, index.total), replace=False))
+    parts = []
+    for shard, offset in zip(index.shards, index.offsets):
+        lo, hi = np.searchsorted(chosen, [offset, offset + shard["count"]])
+        if lo < hi:
+            parts.append(np.asarray(index.embeddings(shard)[chosen[lo:hi] - offset], dtype=np.float32))
+    return np.ascontiguousarray(np.concatenate(parts))
+
+
+def _search_approximate(index, queries, k, spec, options):
+    faiss = _faiss()
+    spec = adjust_nlist(spec, index.total)
+    try:
+        cpu_index = faiss.index_factory(index.dim, spec, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as err:
+        raise ValueError(f"--faiss_index {spec!r}: faiss cannot build it for dimension {index.dim}: {str(err).splitlines()[0]}") from None
+    if not cpu_index.is_trained:
+        sample = _train_sample(index, options.train_sample, options.seed)
+        logger.info("training %s on %d vectors", spec, len(sample))
+        try:
+            cpu_index.train(sample)
+        except RuntimeError as err:
+            raise ValueError(f"--faiss_index {spec!r}: training on {len(sample)} vectors failed: {str(err).splitlines()[0]}") from None
+    for _offset, block in index.iter_blocks(options.block_rows):
+        cpu_index.add(block)
+    params = faiss.ParameterSpace()
+    if "IVF" in spec:
+        params.set_index_parameter(cpu_index, "nprobe", options.nprobe)
+    if "HNSW" in spec:
+        params.set_index_parameter(cpu_index, "efSearch", max(options.ef_search, k))
+    search_index = cpu_index
+    if options.use_gpu:
+        search_index = _to_gpus(faiss, cpu_index, _gpu_list(faiss, options.starting_gpu))
+    scores, idx = _batched_search(search_index, queries, k, options.query_batch_size)
+    scores = np.where(idx >= 0, scores, -np.inf).astype(np.float32)
+    return scores, idx
+
+
+def search_index(
+    index_dir: str | os.PathLike | EmbeddingIndex,
+    query_embeddings: np.ndarray,
+    query_ids: Sequence[str],
+    options: Optional[SearchOptions] = None,
+) -> dict[str, list[tuple[str, float]]]:
+    """``{qid: [(pid, score), ...]}`` best first, in query order; missing hits are left out."""
+    options = options or SearchOptions()
+    index = index_dir if isinstance(index_dir, EmbeddingIndex) else EmbeddingIndex(index_dir)
+    if len(query_ids) != len(query_embeddings):
+        raise ValueError(f"{len(query_ids)} query ids for {len(query_embeddings)} query embeddings")
+    scores, idx = search_embeddings(index, query_embeddings, options)
+    names = index.lookup_ids(idx)
+    results: dict[str, list[tuple[str, float]]] = {}
+    for row, qid in enumerate(query_ids):
+        results[qid] = [(names[int(i)], float(s)) for s, i in zip(scores[row], idx[row]) if i >= 0]
+    return results
