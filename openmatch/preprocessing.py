@@ -1,0 +1,583 @@
+"""Machinery shared by ``scripts/msmarco/build_train.py`` and ``scripts/msmarco/build_hn.py``.
+
+Both scripts turn MS MARCO-style files into OpenMatch's training JSONL: one line per query,
+``{"query": ids, "positives": [ids, ...], "negatives": [ids, ...]}`` with token ids WITHOUT special
+tokens (the training loader adds them and truncates to ``--q_max_len``/``--p_max_len``). They differ only
+in where negative candidates come from:
+
+- build_train: ``train.negatives.tsv`` (``qid<TAB>neg1,neg2,...``), every candidate;
+- build_hn: a TREC run, the top ``--depth`` hits of each query.
+
+Then, per query: positives are every passage judged relevant (relevance >= 1), looked up BY ID in the
+collection; negatives are the candidates minus positives, duplicates and ids missing from the collection,
+of which ``--n_sample`` are drawn with a random generator seeded from ``(seed, qid)`` alone. Output is
+therefore byte-identical for the same seed whatever ``--num_workers`` (OpenMatch seeds from the clock and
+looks passages up by row number; we do neither).
+
+Shards are named ``split00.jsonl``, ``split01.jsonl``, ... (build_hn: ``split00.hn.jsonl``, ...), each
+written under a temporary name and renamed when complete. Both scripts may write into the same folder
+(the recipe does), so merge with ``cat DIR/split*[0-9].jsonl`` (build_train) and ``cat DIR/split*.hn.jsonl``
+(build_hn): the recipe's ``cat DIR/*.jsonl`` would also pick up ``*.hn.jsonl`` shards and earlier merged
+files such as ``train.jsonl`` when run a second time.
+
+Skippable problems (a negative missing from the collection, a query without judgments, ...) are counted
+and reported once at the end with a few examples; malformed files stop the run with ``path:line: what``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import multiprocessing
+import os
+import random
+import re
+import sys
+from collections import OrderedDict, deque
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Optional
+
+from tqdm import tqdm
+
+from .dataset.qrels import iter_run, load_qrels, relevant_ids
+from .dataset.readers import DataFormatError, count_lines, iter_id_records, iter_lines
+from .dataset.template import Template
+from .utils import atomic_output, setup_logging
+
+logger = logging.getLogger("openmatch.preprocessing")
+
+QUERY_COLUMNS = "id,text"
+COLLECTION_COLUMNS = "id,title,text"
+EXIT_BAD_INPUT = 2
+
+
+class PreprocessingError(RuntimeError):
+    """A problem that stops the run (reported as one ``error:`` line, exit code 2)."""
+
+
+# --------------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class BuildConfig:
+    """Everything that decides the output bytes (plus ``num_workers``, which must not)."""
+
+    tokenizer_name: str
+    qrels: str
+    queries: str
+    collection: str
+    save_to: str
+    doc_template: str = "Title: <title> Text: <text>"
+    query_template: str = "<text>"
+    truncate: int = 128
+    q_max_len: int = 32
+    n_sample: int = 30
+    shard_size: int = 45000
+    seed: int = 42
+    num_workers: int = 1
+    shard_suffix: str = ".jsonl"
+    chunk_size: int = 256  # queries per unit of work sent to a worker
+    cache_size: int = 500_000  # tokenised passages kept per process (LRU); bounds memory on full MS MARCO
+
+    def __post_init__(self):
+        for name in ("truncate", "q_max_len", "n_sample", "shard_size", "num_workers", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise PreprocessingError(f"--{name} must be at least 1, got {getattr(self, name)}")
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by build_train and build_hn (the recipe's, plus reproducibility and speed knobs)."""
+    parser.add_argument("--tokenizer_name", required=True, help="Hugging Face tokenizer name or folder")
+    parser.add_argument("--qrels", required=True, help="qrels (qid 0 pid rel, 2-column or BEIR layout)")
+    parser.add_argument("--queries", required=True, help="queries TSV: qid<TAB>text (or JSONL with _id/text)")
+    parser.add_argument("--collection", required=True, help="corpus TSV: pid<TAB>title<TAB>text (or JSONL)")
+    parser.add_argument("--save_to", required=True, help="output folder for the split*.jsonl shards")
+    parser.add_argument("--doc_template", default="Title: <title> Text: <text>", help="passage template")
+    parser.add_argument("--query_template", default="<text>", help="query template")
+    parser.add_argument("--truncate", type=int, default=128, help="max passage tokens (no special tokens)")
+    parser.add_argument("--q_max_len", type=int, default=32, help="max query tokens (no special tokens)")
+    parser.add_argument("--n_sample", type=int, default=30, help="negatives sampled per query")
+    parser.add_argument("--shard_size", type=int, default=45000, help="lines per output shard")
+    parser.add_argument("--seed", type=int, default=42, help="sampling seed (output depends on it only)")
+    parser.add_argument("--num_workers", type=int, default=1, help="tokenising processes (output unchanged)")
+
+
+def config_from_args(args: argparse.Namespace, shard_suffix: str) -> BuildConfig:
+    return BuildConfig(
+        tokenizer_name=args.tokenizer_name,
+        qrels=args.qrels,
+        queries=args.queries,
+        collection=args.collection,
+        save_to=args.save_to,
+        doc_template=args.doc_template,
+        query_template=args.query_template,
+        truncate=args.truncate,
+        q_max_len=args.q_max_len,
+        n_sample=args.n_sample,
+        shard_size=args.shard_size,
+        seed=args.seed,
+        num_workers=args.num_workers,
+        shard_suffix=shard_suffix,
+    )
+
+
+# ------------------------------------------------------------------------------------------- readers
+
+
+def load_texts(path, column_names: str, template: Template) -> dict[str, str]:
+    """``{id: filled template}`` of a query or passage file, looked up by id (never by row number).
+
+    Only the filled text is kept: on full MS MARCO (8.8M passages) this is far smaller than records.
+    """
+    texts: dict[str, str] = {}
+    for line_no, rid, record in iter_id_records(path, column_names):
+        if rid in texts:
+            raise DataFormatError(path, line_no, f"id {rid!r} repeated")
+        texts[rid] = template.fill(record)
+    if not texts:
+        raise DataFormatError(path, None, "no records found")
+    return texts
+
+
+def iter_negatives_file(path) -> Iterator[tuple[int, str, list[str]]]:
+    """Yield ``(line_no, qid, [pid, ...])`` from ``qid<TAB>neg1,neg2,...`` (the recipe's awk output)."""
+    for line_no, line in iter_lines(path):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != 2 or not fields[0].strip():
+            hint = ""
+            if len(fields) == 1 and line.startswith(","):
+                hint = (
+                    " (a first line starting with ',' is what the recipe's awk writes when the first query id"
+                    " is 0: awk's unset `last` compares equal to 0; use scripts/msmarco/prepare_marco.sh)"
+                )
+            raise DataFormatError(
+                path, line_no, f"expected 2 tab-separated columns (qid, comma-separated pids), found {len(fields)}{hint}"
+            )
+        qid = fields[0].strip()
+        yield line_no, qid, [pid for pid in (p.strip() for p in fields[1].split(",")) if pid]
+
+
+def iter_run_groups(path, depth: int) -> Iterator[tuple[int, str, list[str]]]:
+    """Yield ``(first_line_no, qid, [pid, ...])`` of a TREC run, the top ``depth`` hits by rank.
+
+    Streams the run (a train run on MS MARCO has tens of millions of lines), so each query's hits must be
+    contiguous, as every retriever writes them; a query seen again after another is an error.
+    """
+    if depth < 1:
+        raise PreprocessingError(f"--depth must be at least 1, got {depth}")
+    done: set[str] = set()
+    current, start, hits = None, 0, []
+    line_no = 0
+    for line_no, (qid, pid, rank, _score) in enumerate(iter_run(path), start=1):
+        if qid != current:
+            if current is not None:
+                yield start, current, _top(hits, depth)
+                done.add(current)
+            if qid in done:
+                raise DataFormatError(
+                    path, line_no, f"hits of query {qid!r} are not contiguous; sort the run by query first (sort -s -k1,1)"
+                )
+            current, start, hits = qid, line_no, []
+        hits.append((rank, len(hits), pid))
+    if current is not None:
+        yield start, current, _top(hits, depth)
+
+
+def _top(hits: list[tuple[int, int, str]], depth: int) -> list[str]:
+    return [pid for _, _, pid in sorted(hits)[:depth]]
+
+
+# ------------------------------------------------------------------------------------------- stats
+
+
+_WARNINGS = {
+    "no_judgments": "queries in {source} without any relevant judgment were skipped",
+    "query_missing": "judged queries missing from {queries} were skipped",
+    "positive_missing": "positives missing from {collection} were left out",
+    "no_positive_left": "queries were dropped because none of their positives is in {collection}",
+    "negative_missing": "negative candidates missing from {collection} were skipped",
+    "few_candidates": "queries had fewer than {n_sample} negative candidates; all of them were taken",
+    "no_negatives": "queries were dropped because no negative candidate was left",
+    "duplicate_query": "repeated query blocks in {source} were skipped (the first one was used)",
+    "not_in_source": "judged queries do not appear in {source} and have no example",
+}
+
+
+@dataclass
+class Stats:
+    """Counters of skipped or degraded items, with a few examples of each, merged across workers."""
+
+    counts: dict = field(default_factory=dict)
+    examples: dict = field(default_factory=dict)
+    max_examples: int = 5
+
+    def add(self, key: str, example: str, n: int = 1) -> None:
+        self.counts[key] = self.counts.get(key, 0) + n
+        shown = self.examples.setdefault(key, [])
+        if len(shown) < self.max_examples and example not in shown:
+            shown.append(example)
+
+    def merge(self, other: "Stats") -> None:
+        for key, count in other.counts.items():
+            self.counts[key] = self.counts.get(key, 0) + count
+            shown = self.examples.setdefault(key, [])
+            for example in other.examples.get(key, []):
+                if len(shown) < self.max_examples and example not in shown:
+                    shown.append(example)
+
+    def report(self, names: dict) -> list[str]:
+        lines = []
+        for key, template in _WARNINGS.items():
+            if self.counts.get(key):
+                lines.append(
+                    f"{self.counts[key]} {template.format(**names)} (e.g. {', '.join(self.examples.get(key, []))})"
+                )
+        return lines
+
+
+# ---------------------------------------------------------------------------------------- examples
+
+
+def sample_negatives(qid: str, candidates: list[str], seed: int, n_sample: int) -> list[str]:
+    """Draw ``min(n_sample, len(candidates))`` candidates, reproducibly from ``(seed, qid)`` alone.
+
+    ``random.Random`` seeded with a string hashes it with SHA-512, so the stream is the same in every
+    process and interpreter run (unlike ``hash()``), which is what makes worker count irrelevant.
+    """
+    rng = random.Random(f"{seed}:{qid}")
+    return rng.sample(candidates, min(n_sample, len(candidates)))
+
+
+def ids_json(ids: Iterable[int]) -> str:
+    """Compact JSON of a list of ints, built directly (identical to ``json.dumps(..., separators=(',', ':'))``)."""
+    return "[" + ",".join(map(str, ids)) + "]"
+
+
+class ExampleBuilder:
+    """Turns ``(line_no, qid, candidates)`` items into JSON lines; one per process.
+
+    Passage token ids are cached (LRU, as their JSON text) because queries share many negatives: on
+    SciFact-MARCO 809 queries name ~25k passage slots but only a few thousand distinct passages.
+    """
+
+    def __init__(self, config: BuildConfig, queries: dict, collection: dict, relevant: dict):
+        self.config = config
+        self.queries = queries
+        self.collection = collection
+        self.relevant = relevant
+        self.tokenizer = None
+        self.cache: OrderedDict[str, str] = OrderedDict()
+        self.tokenised_passages = 0
+
+    def load_tokenizer(self) -> None:
+        self.tokenizer = load_tokenizer(self.config.tokenizer_name)
+
+    def _tokenise(self, texts: list[str], max_len: int) -> list[list[int]]:
+        if not texts:
+            return []
+        return self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_len)["input_ids"]
+
+    def build_chunk(self, chunk: list[tuple[int, str, list[str]]]) -> tuple[list[str], Stats, int]:
+        """JSON lines for the usable items of ``chunk``, the counted problems, and the passage slots written."""
+        cfg, stats = self.config, Stats()
+        plans = []
+        for _line_no, qid, candidates in chunk:
+            judged = self.relevant.get(qid)
+            if not judged:
+                stats.add("no_judgments", qid)
+                continue
+            if qid not in self.queries:
+                stats.add("query_missing", qid)
+                continue
+            positives = []
+            for pid in judged:
+                if pid in self.collection:
+                    positives.append(pid)
+                else:
+                    stats.add("positive_missing", f"{qid}:{pid}")
+            if not positives:
+                stats.add("no_positive_left", qid)
+                continue
+            excluded, pool = set(judged), []
+            for pid in candidates:
+                if pid in excluded:
+                    continue
+                excluded.add(pid)
+                if pid not in self.collection:
+                    stats.add("negative_missing", pid)
+                    continue
+                pool.append(pid)
+            if not pool:
+                stats.add("no_negatives", qid)
+                continue
+            if len(pool) < cfg.n_sample:
+                stats.add("few_candidates", f"{qid} ({len(pool)})")
+            plans.append((qid, positives, sample_negatives(qid, pool, cfg.seed, cfg.n_sample)))
+
+        query_ids = self._tokenise([self.queries[qid] for qid, _, _ in plans], cfg.q_max_len)
+        self._fill_cache({pid: None for _, pos, neg in plans for pid in (*pos, *neg)})
+        lines, slots = [], 0
+        for (qid, positives, negatives), q_ids in zip(plans, query_ids):
+            slots += len(positives) + len(negatives)
+            lines.append(
+                '{"query":' + ids_json(q_ids)
+                + ',"positives":[' + ",".join(self._passage(pid) for pid in positives)
+                + '],"negatives":[' + ",".join(self._passage(pid) for pid in negatives) + "]}\n"
+            )
+        return lines, stats, slots
+
+    def _fill_cache(self, needed: dict) -> None:
+        missing = [pid for pid in needed if pid not in self.cache]
+        for pid in needed:
+            if pid in self.cache:
+                self.cache.move_to_end(pid)
+        ids = self._tokenise([self.collection[pid] for pid in missing], self.config.truncate)
+        self.tokenised_passages += len(missing)
+        for pid, token_ids in zip(missing, ids):
+            self.cache[pid] = ids_json(token_ids)
+        # Evict only beyond what this chunk needs, so every pid it uses is still cached below.
+        while len(self.cache) > max(self.config.cache_size, len(needed)):
+            self.cache.popitem(last=False)
+
+    def _passage(self, pid: str) -> str:
+        return self.cache[pid]
+
+
+def load_tokenizer(name: str):
+    """A (fast, when available) tokenizer; failures become one clear error line."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except Exception as err:  # transformers raises OSError, ValueError, ... for a bad name or folder
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PreprocessingError(f"cannot load tokenizer {name!r}: {first}") from None
+
+
+# Per-process builder: set in the parent before forking (inherited, not pickled) or by the initializer.
+_BUILDER: Optional[ExampleBuilder] = None
+
+
+def _init_worker(builder: Optional[ExampleBuilder]) -> None:
+    global _BUILDER
+    # Several processes on few cores: the Rust tokenizer's own threads would only oversubscribe them.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    if builder is not None:
+        _BUILDER = builder
+    _BUILDER.load_tokenizer()
+
+
+def _work(chunk):
+    try:
+        return _work_local(_BUILDER, chunk)
+    except Exception as err:  # sent back as text: not every exception type survives pickling
+        return len(chunk), None, None, 0, os.getpid(), 0, f"{type(err).__name__}: {err}"
+
+
+def _work_local(builder: ExampleBuilder, chunk):
+    lines, stats, slots = builder.build_chunk(chunk)
+    return len(chunk), lines, stats, slots, os.getpid(), builder.tokenised_passages, None
+
+
+def _ordered_map(pool, chunks: Iterator, window: int) -> Iterator:
+    """``pool.imap(_work, chunks)`` with back-pressure: results in submission order (so output never
+    depends on timing), at most ``window`` chunks in flight (``imap`` would read the whole input at once).
+    """
+    pending = deque()
+    for chunk in chunks:
+        pending.append(pool.apply_async(_work, (chunk,)))
+        if len(pending) >= window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+# ------------------------------------------------------------------------------------------ output
+
+
+class ShardWriter:
+    """Writes lines into ``split00<suffix>``, ``split01<suffix>``, ..., each atomically."""
+
+    def __init__(self, folder, suffix: str, shard_size: int):
+        self.folder, self.suffix, self.shard_size = Path(folder), suffix, shard_size
+        self.shards, self.lines, self._in_shard = 0, 0, 0
+        self._stack: Optional[ExitStack] = None
+        self._handle = None
+
+    def name(self, index: int) -> Path:
+        return self.folder / f"split{index:02d}{self.suffix}"
+
+    def write(self, line: str) -> None:
+        if self._handle is None:
+            self._stack = ExitStack()
+            self._handle = self._stack.enter_context(atomic_output(self.name(self.shards)))
+            self.shards += 1
+        self._handle.write(line)
+        self.lines += 1
+        self._in_shard += 1
+        if self._in_shard == self.shard_size:
+            self.close()
+
+    def close(self) -> None:
+        if self._stack is not None:
+            stack, self._stack, self._handle, self._in_shard = self._stack, None, None, 0
+            stack.close()
+
+    def abort(self) -> None:
+        if self._stack is not None:
+            stack, self._stack, self._handle = self._stack, None, None
+            stack.__exit__(PreprocessingError, PreprocessingError("aborted"), None)  # removes the temp file
+
+    def remove_stale(self) -> list[str]:
+        """Delete shards of this kind left by an earlier, longer run, so ``cat split*`` stays correct."""
+        pattern = re.compile(r"split(\d+)" + re.escape(self.suffix) + "$")
+        removed = []
+        for path in sorted(self.folder.iterdir()):
+            match = pattern.fullmatch(path.name)
+            if match and int(match.group(1)) >= self.shards:
+                path.unlink()
+                removed.append(path.name)
+        return removed
+
+
+# -------------------------------------------------------------------------------------------- build
+
+
+@dataclass
+class BuildResult:
+    """What a build produced; ``stats`` holds the counted warnings."""
+
+    lines: int
+    shards: list[str]
+    stats: Stats
+    tokenised_passages: int
+    passage_slots: int
+
+
+def build(
+    config: BuildConfig,
+    make_items: Callable[[], Iterator[tuple[int, str, list[str]]]],
+    source_name: str,
+    total: Optional[int] = None,
+) -> BuildResult:
+    """Read queries, collection and qrels, then write shards for every item of ``make_items()``."""
+    doc_template, query_template = Template(config.doc_template), Template(config.query_template)
+    tokenizer_check = load_tokenizer(config.tokenizer_name)  # fail before minutes of loading
+    logger.info("reading qrels %s", config.qrels)
+    relevant = relevant_ids(load_qrels(config.qrels))
+    logger.info("reading queries %s", config.queries)
+    queries = load_texts(config.queries, QUERY_COLUMNS, query_template)
+    logger.info("reading collection %s", config.collection)
+    collection = load_texts(config.collection, COLLECTION_COLUMNS, doc_template)
+    logger.info("%d queries, %d passages, %d judged queries", len(queries), len(collection), len(relevant))
+
+    builder = ExampleBuilder(config, queries, collection, relevant)
+    stats, source_stats, seen = Stats(), Stats(), set()
+
+    def items():
+        for line_no, qid, candidates in make_items():
+            if qid in seen:
+                source_stats.add("duplicate_query", f"{qid} (line {line_no})")
+                continue
+            seen.add(qid)
+            yield line_no, qid, candidates
+
+    writer = ShardWriter(config.save_to, config.shard_suffix, config.shard_size)
+    Path(config.save_to).mkdir(parents=True, exist_ok=True)
+    progress = tqdm(total=total, unit="query", desc=f"building {config.shard_suffix}", dynamic_ncols=True)
+    tokenised = slots = 0
+    pool = None
+    try:
+        chunks = _chunks(items(), config.chunk_size)
+        if config.num_workers == 1:
+            builder.tokenizer = tokenizer_check
+            results = (_work_local(builder, chunk) for chunk in chunks)
+        else:
+            global _BUILDER
+            methods = multiprocessing.get_all_start_methods()
+            ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+            forked = ctx.get_start_method() == "fork"
+            _BUILDER = builder if forked else None
+            gc.freeze()  # keep the big dicts' pages shared with forked children (no refcount-driven copies)
+            pool = ctx.Pool(config.num_workers, initializer=_init_worker, initargs=(None if forked else builder,))
+            results = _ordered_map(pool, chunks, window=4 * config.num_workers)
+        per_worker: dict[int, int] = {}  # process id -> passages it tokenised so far (a running total)
+        for n_items, lines, chunk_stats, chunk_slots, worker, worker_tokenised, error in results:
+            if error is not None:
+                raise PreprocessingError(f"worker failed: {error}")
+            for line in lines:
+                writer.write(line)
+            stats.merge(chunk_stats)
+            slots += chunk_slots
+            per_worker[worker] = max(per_worker.get(worker, 0), worker_tokenised)
+            progress.update(n_items)
+            progress.set_postfix(lines=writer.lines, refresh=False)
+        tokenised = sum(per_worker.values())
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        progress.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+            gc.unfreeze()
+
+    stats.merge(source_stats)
+    judged_unseen = [qid for qid in relevant if qid not in seen]
+    for qid in judged_unseen:
+        stats.add("not_in_source", qid)
+    if writer.lines == 0:
+        for message in stats.report(_names(config, source_name)):
+            logger.warning(message)
+        raise PreprocessingError(f"no training example was produced from {source_name}; see the warnings above")
+    removed = writer.remove_stale()
+    if removed:
+        logger.warning("removed %d stale shard(s) from an earlier run: %s", len(removed), ", ".join(removed))
+    for message in stats.report(_names(config, source_name)):
+        logger.warning(message)
+    shards = [writer.name(i).name for i in range(writer.shards)]
+    merge_glob = "split*[0-9].jsonl" if config.shard_suffix == ".jsonl" else f"split*{config.shard_suffix}"
+    logger.info(
+        "wrote %d lines in %d shard(s) to %s (%d passage slots, %d passages tokenised); merge with: cat %s > <file>",
+        writer.lines, writer.shards, config.save_to, slots, tokenised, os.path.join(config.save_to, merge_glob),
+    )
+    return BuildResult(writer.lines, shards, stats, tokenised, slots)
+
+
+def _names(config: BuildConfig, source_name: str) -> dict:
+    return {
+        "source": source_name,
+        "queries": config.queries,
+        "collection": config.collection,
+        "n_sample": config.n_sample,
+    }
+
+
+def run_cli(main: Callable[[Optional[list[str]]], object], argv: Optional[list[str]] = None) -> int:
+    """Run a script's ``main``; bad input becomes one ``error: ...`` line on stderr and exit code 2."""
+    setup_logging()
+    try:
+        main(argv)
+    except (DataFormatError, PreprocessingError, FileNotFoundError, ValueError) as err:
+        message = " ".join(str(err).split("\n"))
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
