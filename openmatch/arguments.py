@@ -89,6 +89,12 @@ def _has_accelerator() -> bool:
 class OpenMatchTrainingArguments(TrainingArguments):
     """``TrainingArguments`` plus the recipe's flags that transformers 5 no longer has."""
 
+    # Required as in OpenMatch (transformers 5 defaults it to "trainer_output", which would silently put a
+    # build_index's embeddings in an unexpected folder).
+    output_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "checkpoint folder (train_dr) or embedding folder (build_index/retrieve)", "required": True},
+    )
     evaluation_strategy: Optional[str] = field(
         default=None, metadata={"help": "old name of --eval_strategy (no/steps/epoch)"}
     )
@@ -105,6 +111,8 @@ class OpenMatchTrainingArguments(TrainingArguments):
     remove_unused_columns: bool = field(default=False, metadata={"help": "keep every collated field"})
 
     def __post_init__(self):
+        if not self.output_dir:
+            raise ValueError("--output_dir is required")
         if self.evaluation_strategy is not None:
             self.eval_strategy = self.evaluation_strategy
         if self.warmup_steps == 0 and self.warmup_ratio:
