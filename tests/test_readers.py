@@ -1,0 +1,217 @@
+"""Record readers, templates and special-token layout (openmatch/dataset/readers.py, template.py, tokenization.py)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from openmatch.dataset.readers import (
+    DataFormatError,
+    count_lines,
+    find_id_key,
+    iter_id_records,
+    iter_records,
+    load_id_records,
+)
+from openmatch.dataset.template import Template
+from openmatch.dataset.tokenization import SpecialTokenLayout, pad_batch
+
+
+def write(path, text: str | bytes, gz: bool = False):
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    if gz:
+        with gzip.open(path, "wb") as handle:
+            handle.write(data)
+    else:
+        path.write_bytes(data)
+    return path
+
+
+def records(path, column_names=None):
+    return [record for _, record in iter_records(path, column_names)]
+
+
+# --- TSV -------------------------------------------------------------------------------------------------
+
+
+def test_tsv_tab_only_quotes_kept_ids_are_strings(tmp_path):
+    path = write(tmp_path / "c.tsv", '007\t"A quoted, title\tit\'s "half\n8\tx y, z\t\n')
+    assert records(path, "id,title,text") == [
+        {"id": "007", "title": '"A quoted, title', "text": "it's \"half"},
+        {"id": "8", "title": "x y, z", "text": ""},
+    ]
+
+
+def test_tsv_header_line_and_crlf(tmp_path):
+    path = write(tmp_path / "q.tsv", "id\ttext\r\n001\tfirst query\r\n\r\n002\tsecond\r\n")
+    got = list(iter_records(path))
+    assert got == [(2, {"id": "001", "text": "first query"}), (4, {"id": "002", "text": "second"})]
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_tsv_gzip(tmp_path, gz):
+    path = write(tmp_path / ("c.tsv.gz" if gz else "c.tsv"), "1\tA\n2\tB\n", gz=gz)
+    assert records(path, ["id", "text"]) == [{"id": "1", "text": "A"}, {"id": "2", "text": "B"}]
+
+
+def test_tsv_wrong_column_count_names_file_and_line(tmp_path):
+    path = write(tmp_path / "c.tsv", "1\ta\tb\n2\tonly two\n")
+    with pytest.raises(DataFormatError, match=r"c\.tsv:2: expected 3 tab-separated columns \(id,title,text\), found 2"):
+        records(path, "id,title,text")
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path):
+    path = write(tmp_path / "c.tsv", b"1\tok\n2\tbad \xff byte\n")
+    with pytest.raises(DataFormatError, match=r"c\.tsv:2: invalid UTF-8 at byte 6"):
+        records(path, "id,text")
+    gz = write(tmp_path / "c.jsonl.gz", b'{"_id": "1"}\n{"_id": "\xc3"}\n', gz=True)
+    with pytest.raises(DataFormatError, match=r"c\.jsonl\.gz:2: invalid UTF-8"):
+        records(gz)
+
+
+def test_bad_column_names():
+    with pytest.raises(ValueError, match="column names"):
+        list(iter_records("unused.tsv", "id,,text"))
+
+
+# --- JSONL -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_jsonl_beir(tmp_path, gz):
+    lines = [{"_id": "007", "title": "T", "text": "body", "metadata": {"year": 2020}}, {"_id": "9", "title": "", "text": "x"}]
+    text = "\n".join(json.dumps(line) for line in lines) + "\n\n"
+    path = write(tmp_path / ("c.jsonl.gz" if gz else "c.jsonl"), text, gz=gz)
+    got = list(iter_id_records(path))
+    assert [(line, rid) for line, rid, _ in got] == [(1, "007"), (2, "9")]
+    assert got[0][2]["metadata"] == {"year": 2020}
+
+
+def test_bad_json_names_file_and_line(tmp_path):
+    path = write(tmp_path / "c.jsonl", '{"_id": "1"}\n{"_id": 2,\n')
+    with pytest.raises(DataFormatError, match=r"c\.jsonl:2: invalid JSON"):
+        records(path)
+    path = write(tmp_path / "d.jsonl", '{"_id": "1"}\n[1, 2]\n')
+    with pytest.raises(DataFormatError, match=r"d\.jsonl:2: expected a JSON object"):
+        records(path)
+
+
+def test_id_key_detection_order(tmp_path):
+    assert find_id_key({"id": 1, "_id": 2, "text_id": 3}) == "_id"
+    assert find_id_key({"sample_id": 1, "text_id": 2, "id": 3}) == "id"
+    assert find_id_key({"sample_id": 1, "text_id": 2}) == "text_id"
+    assert find_id_key({"sample_id": 1}) == "sample_id"
+    with pytest.raises(DataFormatError, match="no id field"):
+        find_id_key({"pid": 1})
+    path = write(tmp_path / "c.jsonl", '{"text_id": 12, "text": "a"}\n{"text_id": 13, "text": "b"}\n')
+    assert [rid for _, rid, _ in iter_id_records(path)] == ["12", "13"]  # integer ids become strings
+    path = write(tmp_path / "e.jsonl", '{"_id": "1"}\n{"_id": ""}\n')
+    with pytest.raises(DataFormatError, match=r"e\.jsonl:2: empty '_id'"):
+        list(iter_id_records(path))
+
+
+def test_load_id_records_rejects_repeated_id(tmp_path):
+    path = write(tmp_path / "c.tsv", "1\ta\n2\tb\n1\tc\n")
+    with pytest.raises(DataFormatError, match=r"c\.tsv:3: id '1' repeated \(first seen on line 1\)"):
+        load_id_records(path, "id,text")
+    assert load_id_records(path, "id,text", allow_duplicates=True)["1"]["text"] == "c"
+    assert list(load_id_records(write(tmp_path / "d.tsv", "9\tz\n007\ty\n"), "id,text")) == ["9", "007"]
+
+
+def test_count_lines(tmp_path):
+    assert count_lines(write(tmp_path / "a.txt", "x\ny\n")) == 2
+    assert count_lines(write(tmp_path / "b.txt", "x\ny")) == 2  # no final newline
+    assert count_lines(write(tmp_path / "c.txt", "")) == 0
+    assert count_lines(write(tmp_path / "d.txt.gz", "1\n2\n3\n", gz=True)) == 3
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        count_lines(tmp_path / "missing.txt")
+
+
+# --- Templates -------------------------------------------------------------------------------------------
+
+
+def test_template_markers_and_dotted_names():
+    template = Template("Title: <title> Text: <text>")
+    assert template.fields == ["title", "text"]
+    assert template.fill({"title": "A", "text": "b c", "id": "1"}) == "Title: A Text: b c"
+    nested = Template("<meta.source> | <text>")
+    assert nested({"meta": {"source": "pubmed"}, "text": 7}) == "pubmed | 7"
+    assert Template("<text>")({"text": "  padded  "}) == "padded"
+    with pytest.raises(ValueError, match="no <field> marker"):
+        Template("plain text")
+    with pytest.raises(ValueError, match="must not be empty"):
+        Template("")
+
+
+def test_template_missing_field_empty_and_warned_once(caplog):
+    template = Template("Title: <title> Text: <text> <meta.year>")
+    with caplog.at_level(logging.WARNING, logger="openmatch.dataset.template"):
+        rows = [template.fill({"text": f"t{i}", "meta": {}}) for i in range(50)]
+        rows.append(template.fill({"text": "x", "title": None, "meta": {"year": 2001}}))
+    assert rows[0] == "Title:  Text: t0"
+    assert rows[-1] == "Title:  Text: x 2001"
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2  # one per missing field, not one per row
+    assert any("'title'" in m for m in messages) and any("'meta.year'" in m for m in messages)
+
+
+# --- Special tokens and padding ---------------------------------------------------------------------------
+
+
+def test_special_token_layout_bert(tiny_bert):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    layout = SpecialTokenLayout(tokenizer)
+    assert layout.prefix == [tokenizer.cls_token_id] and layout.suffix == [tokenizer.sep_token_id]
+    ids = tokenizer("kalo mine ruka sati vozepa", add_special_tokens=False)["input_ids"]
+    assert layout.wrap(ids, 128) == tokenizer("kalo mine ruka sati vozepa")["input_ids"]
+    wrapped = layout.wrap(ids, 4)
+    assert len(wrapped) == 4 and wrapped == [tokenizer.cls_token_id, *ids[:2], tokenizer.sep_token_id]
+    with pytest.raises(ValueError, match="no room"):
+        layout.wrap(ids, 2)
+
+
+def test_special_token_layout_t5(tiny_t5):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_t5)
+    layout = SpecialTokenLayout(tokenizer)
+    assert layout.prefix == [] and layout.suffix == [tokenizer.eos_token_id] and layout.pad_id == 0
+    ids = tokenizer("kalo mine ruka", add_special_tokens=False)["input_ids"]
+    assert layout.wrap(ids, 32) == tokenizer("kalo mine ruka")["input_ids"]
+    assert layout.wrap(ids, 3) == [*ids[:2], tokenizer.eos_token_id]
+    assert layout.wrap([], 3) == [tokenizer.eos_token_id]
+
+
+def test_pad_batch():
+    batch = pad_batch([[5, 6, 7], [8]], pad_id=0)
+    assert torch.equal(batch["input_ids"], torch.tensor([[5, 6, 7], [8, 0, 0]]))
+    assert torch.equal(batch["attention_mask"], torch.tensor([[1, 1, 1], [1, 0, 0]]))
+    assert batch["input_ids"].dtype == torch.long and batch["attention_mask"].dtype == torch.long
+    padded = pad_batch([[1, 2, 3, 4, 5]], pad_id=9, pad_to_multiple_of=4)
+    assert padded["input_ids"].tolist() == [[1, 2, 3, 4, 5, 9, 9, 9]]
+    with pytest.raises(ValueError, match="empty batch"):
+        pad_batch([], pad_id=0)
+
+
+# --- Real data --------------------------------------------------------------------------------------------
+
+
+def test_real_scifact_corpus_jsonl_gz(shared_data):
+    path = shared_data / "scifact" / "corpus.jsonl.gz"
+    corpus = load_id_records(path)
+    assert len(corpus) == 5183 == count_lines(path)
+    assert all(set(record) >= {"_id", "title", "text"} for record in corpus.values())
+    template = Template("Title: <title> Text: <text>")
+    some_id = next(iter(corpus))
+    assert template(corpus[some_id]).startswith("Title: " + corpus[some_id]["title"])
+
+
+def test_real_scifact_marco_para(shared_data):
+    path = shared_data / "scifact-marco" / "para.txt"
+    para = load_id_records(path, "id,text")
+    assert len(para) == count_lines(path) == 5183
+    corpus = load_id_records(shared_data / "scifact" / "corpus.jsonl.gz")
+    assert set(para) == set(corpus)  # same collection, same string ids
