@@ -128,6 +128,9 @@ class OpenMatchTrainingArguments(TrainingArguments):
             if self.fp16:
                 warnings.warn("--fp16 needs a GPU; none is available, so this run uses float32.", stacklevel=2)
                 self.fp16 = False
+            if self.bf16:
+                warnings.warn("--bf16 needs a GPU (or --use_cpu); none is available, so this run uses float32.", stacklevel=2)
+                self.bf16 = False
         super().__post_init__()
 
 
