@@ -141,4 +141,7 @@ def _check_gather(rank: int, rows: list[int], n: int):
 
 
 def test_gather_with_grad_two_processes():
-    mp.spawn(_worker, args=(2, _free_port(), 3), nprocs=2, join=True)
+    # fork (as DataLoader workers do on Linux) avoids re-importing torch in each child; the children only
+    # touch tiny tensors, so no OpenMP pool state is inherited mid-use.
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    mp.start_processes(_worker, args=(2, _free_port(), 3), nprocs=2, join=True, start_method=method)

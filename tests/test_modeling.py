@@ -1,0 +1,294 @@
+"""DRModel: representations against manual backbone calls, save/load round trips, OpenMatch checkpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertModel, T5Model
+
+from openmatch.arguments import ModelArguments
+from openmatch.modeling import DRModel, DROutput, load_model_and_tokenizer
+
+TEXTS = ["kalo mine ruka saka tivo zepa", "quodo fegi", "hoju kalo"]
+
+
+def build(path, **flags) -> DRModel:
+    model = DRModel.build(ModelArguments(model_name_or_path=str(path), **flags))
+    return model.eval()
+
+
+def batch_for(path, texts=TEXTS):
+    tok = AutoTokenizer.from_pretrained(str(path))
+    return dict(tok(texts, padding=True, return_tensors="pt"))
+
+
+def reps(model: DRModel, batch):
+    with torch.no_grad():
+        return model.encode_query(batch), model.encode_passage(batch)
+
+
+# ---------------------------------------------------------------- representations
+
+@pytest.mark.parametrize("fixture", ["tiny_t5", "tiny_t5_gated"])
+def test_t5_decoder_first_token(fixture, request):
+    path = request.getfixturevalue(fixture)
+    batch = batch_for(path)
+    model = build(path, pooling="mean")  # pooling is ignored with a decoder
+    assert model.config.plm_backbone_type == "T5Model" and model.config.uses_decoder
+    ref = T5Model.from_pretrained(str(path)).eval()
+    with torch.no_grad():
+        want = ref(**batch, decoder_input_ids=torch.zeros(len(TEXTS), 1, dtype=torch.long)).last_hidden_state[:, 0]
+    q, p = reps(model, batch)
+    torch.testing.assert_close(q, want)
+    torch.testing.assert_close(p, want)
+    # Padding does not change a sequence's representation.
+    alone = batch_for(path, TEXTS[1:2])
+    torch.testing.assert_close(reps(model, alone)[0][0], q[1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["first", "mean"])
+def test_t5_encoder_only_pooling(tiny_t5, pooling):
+    batch = batch_for(tiny_t5)
+    model = build(tiny_t5, encoder_only=True, pooling=pooling)
+    assert model.config.plm_backbone_type == "T5EncoderModel" and not model.config.uses_decoder
+    ref = T5Model.from_pretrained(str(tiny_t5)).eval()
+    with torch.no_grad():
+        hidden = ref.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    if pooling == "first":
+        want = hidden[:, 0]
+    else:
+        want = torch.stack(
+            [hidden[i, batch["attention_mask"][i].bool()].mean(0) for i in range(len(TEXTS))]
+        )
+    torch.testing.assert_close(reps(model, batch)[0], want)
+
+
+@pytest.mark.parametrize("pooling", ["first", "mean"])
+def test_bert_pooling_and_padding(tiny_bert, pooling):
+    batch = batch_for(tiny_bert)
+    assert (batch["attention_mask"] == 0).any(), "test needs padding"
+    model = build(tiny_bert, pooling=pooling)
+    ref = BertModel.from_pretrained(str(tiny_bert)).eval()
+    q, _ = reps(model, batch)
+    for i, text in enumerate(TEXTS):
+        single = batch_for(tiny_bert, [text])
+        with torch.no_grad():
+            hidden = ref(**single).last_hidden_state[0]
+        want = hidden[0] if pooling == "first" else hidden.mean(0)
+        torch.testing.assert_close(q[i], want, atol=1e-5, rtol=1e-5)
+
+
+def test_linear_head_and_normalize(tiny_bert):
+    batch = batch_for(tiny_bert)
+    plain = build(tiny_bert, pooling="mean")
+    headed = build(tiny_bert, pooling="mean", add_linear_head=True, projection_in_dim=32, projection_out_dim=12)
+    assert headed.embedding_dim == 12 and plain.embedding_dim == 32
+    weight = headed.head_q.linear.weight
+    assert headed.head_q.linear.bias is None
+    pooled = reps(plain, batch)[0]
+    torch.testing.assert_close(reps(headed, batch)[0], pooled @ weight.detach().T)
+
+    normed = build(tiny_bert, pooling="mean", add_linear_head=True, projection_in_dim=32, projection_out_dim=12, normalize=True)
+    normed.head_q.load_state_dict(headed.head_q.state_dict())
+    q = reps(normed, batch)[0]
+    torch.testing.assert_close(q.norm(dim=-1), torch.ones(len(TEXTS)))
+    torch.testing.assert_close(q, torch.nn.functional.normalize(pooled @ weight.detach().T, dim=-1))
+
+
+def test_projection_dim_mismatch_is_clear(tiny_bert):
+    with pytest.raises(ValueError, match="projection_in_dim 768 does not match the hidden size 32"):
+        build(tiny_bert, add_linear_head=True)
+
+
+def test_forward_score_and_tying(tiny_bert):
+    batch = batch_for(tiny_bert)
+    model = build(tiny_bert)
+    out = model(query=batch, passage=batch)
+    assert isinstance(out, DROutput) and out.loss is None
+    torch.testing.assert_close(model.score(out.q_reps, out.p_reps), out.q_reps @ out.p_reps.T)
+    assert model(query=batch).p_reps is None
+    # Tied: one backbone, registered once (no duplicated tensors in the state dict).
+    assert model.lm_p is model.lm_q
+    names = list(model.state_dict())
+    assert len(names) == len(set(names)) and not any(n.startswith("_lm_p") for n in names)
+    # The BERT pooler is not part of the representation: frozen so DDP sees no unused trainable parameters.
+    assert not any(p.requires_grad for p in model.lm_q.pooler.parameters())
+    untied = build(tiny_bert, untie_encoder=True)
+    assert untied.lm_p is not untied.lm_q
+    torch.testing.assert_close(reps(untied, batch)[0], reps(untied, batch)[1])
+
+
+def test_untied_towers_train_separately(tiny_bert):
+    batch = batch_for(tiny_bert)
+    model = build(tiny_bert, untie_encoder=True).train()
+    out = model(query=batch, passage=batch)
+    out.q_reps.sum().backward()
+    assert all(p.grad is None for p in model.lm_p.parameters())
+    assert any(p.grad is not None for p in model.lm_q.parameters())
+
+
+# ---------------------------------------------------------------- save / load
+
+def perturb(module: torch.nn.Module, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.01)
+
+
+@pytest.mark.parametrize(
+    "fixture,flags",
+    [
+        ("tiny_bert", {}),
+        ("tiny_t5", {}),
+        ("tiny_bert", dict(untie_encoder=True, add_linear_head=True, projection_in_dim=32, projection_out_dim=8,
+                           pooling="mean", normalize=True, temperature=0.05)),
+        ("tiny_t5", dict(encoder_only=True, pooling="mean")),
+    ],
+    ids=["tied-bert", "tied-t5", "untied-bert-head", "encoder-only-t5"],
+)
+def test_save_load_round_trip(fixture, flags, request, tmp_path):
+    path = request.getfixturevalue(fixture)
+    batch = batch_for(path)
+    model, tok = load_model_and_tokenizer(ModelArguments(model_name_or_path=str(path), **flags))
+    model.eval()
+    perturb(model.lm_p, 1)  # untied: the passage tower now differs from the query tower
+    if model.head_p is not None:
+        perturb(model.head_p, 2)
+    q, p = reps(model, batch)
+    if flags.get("untie_encoder"):
+        assert not torch.allclose(q, p)
+    out = tmp_path / "ckpt"
+    model.save(out, tokenizer=tok)
+    stored = json.loads((out / "openmatch_config.json").read_text())
+    assert stored["tied"] == (not flags.get("untie_encoder", False))
+    assert stored["plm_backbone"]["type"] == model.config.plm_backbone_type
+    if flags.get("untie_encoder"):
+        for tower in ("query_model", "passage_model"):
+            assert (out / tower / "model.safetensors").exists()
+            assert json.loads((out / tower / "head_config.json").read_text()) == {"input_dim": 32, "output_dim": 8}
+            assert (out / tower / "linear.safetensors").exists()
+    else:
+        assert (out / "model.safetensors").exists()
+    assert not list(tmp_path.glob(".*tmp")), "temporary folder left behind"
+
+    # Flags given at load time do not change a checkpoint's architecture.
+    loaded, tok2 = load_model_and_tokenizer(ModelArguments(model_name_or_path=str(out)))
+    loaded.eval()
+    assert loaded.config == model.config.__class__(**{**model.config.to_dict(), "temperature": 1.0})
+    assert tok2.pad_token_id == tok.pad_token_id
+    q2, p2 = reps(loaded, batch)
+    torch.testing.assert_close(q2, q, rtol=0, atol=0)
+    torch.testing.assert_close(p2, p, rtol=0, atol=0)
+    # DRModel.load keeps the stored temperature.
+    assert DRModel.load(out).config.temperature == flags.get("temperature", 1.0)
+
+
+def test_conflicting_flags_warn_once(tiny_bert, tmp_path, caplog):
+    build(tiny_bert, pooling="mean").save(tmp_path / "ckpt")
+    with caplog.at_level(logging.WARNING, logger="openmatch.modeling.dr_model"):
+        model = build(tmp_path / "ckpt", untie_encoder=True, normalize=True)
+    assert model.config.tied and not model.config.normalize and model.config.pooling == "mean"
+    warnings = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]
+    assert len(warnings) == 1 and "--untie_encoder" in warnings[0] and "--normalize" in warnings[0]
+
+
+def test_save_into_existing_folder_and_interrupted_save(tiny_bert, tmp_path):
+    model = build(tiny_bert)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "trainer_state.json").write_text("{}")  # e.g. a Trainer output folder with other files
+    model.save(out)
+    assert (out / "openmatch_config.json").exists() and (out / "trainer_state.json").exists()
+
+    class Failing:
+        def save_pretrained(self, folder):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        model.save(out, tokenizer=Failing())
+    assert not (out / "openmatch_config.json").exists(), "an interrupted save must not look complete"
+    with pytest.raises(RuntimeError, match="disk full"):
+        model.save(tmp_path / "fresh", tokenizer=Failing())
+    assert not (tmp_path / "fresh").exists() and not list(tmp_path.glob(".*tmp"))
+
+
+def write_openmatch_checkpoint(src: Path, dst: Path, tied: bool, head_weight=None, safetensors=False):
+    """A folder laid out as OpenMatch v2 saves it: HF files, linear.pt + head_config.json, its config keys only."""
+    towers = [dst] if tied else [dst / "query_model", dst / "passage_model"]
+    for i, tower in enumerate(towers):
+        tower.mkdir(parents=True)
+        model = BertModel.from_pretrained(str(src))
+        perturb(model, 10 + i)
+        shutil.copy(src / "config.json", tower / "config.json")
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        if safetensors:
+            from safetensors.torch import save_file
+
+            save_file(state, str(tower / "model.safetensors"))
+        else:
+            torch.save(state, tower / "pytorch_model.bin")
+        if head_weight is not None:
+            head_dir = dst if tied else dst / ("query_head" if i == 0 else "passage_head")
+            head_dir.mkdir(exist_ok=True)
+            torch.save({"linear.weight": head_weight * (i + 1)}, head_dir / "linear.pt")
+            (head_dir / "head_config.json").write_text(json.dumps({"input_dim": 32, "output_dim": 4}))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(src / name, dst / name)
+    (dst / "openmatch_config.json").write_text(json.dumps({
+        "tied": tied, "plm_backbone": {"type": "BertModel", "feature": "last_hidden_state"},
+        "pooling": "mean", "linear_head": head_weight is not None, "normalize": False,
+    }, indent=4))
+    return [BertModel.from_pretrained(str(t)).eval() for t in towers]
+
+
+@pytest.mark.parametrize("tied,safetensors", [(True, False), (True, True), (False, False)],
+                         ids=["tied-bin", "tied-safetensors", "untied-bin"])
+def test_openmatch_checkpoint_loads(tiny_bert, tmp_path, tied, safetensors):
+    weight = torch.randn(4, 32, generator=torch.Generator().manual_seed(3))
+    refs = write_openmatch_checkpoint(tiny_bert, tmp_path / "om", tied, weight, safetensors)
+    model, _ = load_model_and_tokenizer(ModelArguments(model_name_or_path=str(tmp_path / "om")))
+    model.eval()
+    assert model.config.tied == tied and model.config.pooling == "mean" and model.embedding_dim == 4
+    batch = batch_for(tiny_bert)
+    q, p = reps(model, batch)
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    for i, (got, ref) in enumerate(zip((q, p), refs if not tied else refs * 2)):
+        with torch.no_grad():
+            pooled = (ref(**batch).last_hidden_state * mask).sum(1) / mask.sum(1)
+        scale = 1 if tied else i + 1
+        torch.testing.assert_close(got, pooled @ (weight * scale).T, atol=1e-5, rtol=1e-5)
+
+
+def test_missing_files_are_clear_errors(tiny_bert, tmp_path):
+    build(tiny_bert).save(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"ckpt: checkpoint is missing its weights file \(one of model.safetensors"):
+        build(tmp_path / "ckpt")
+
+    build(tiny_bert, untie_encoder=True, add_linear_head=True, projection_in_dim=32).save(tmp_path / "untied")
+    (tmp_path / "untied" / "passage_model" / "linear.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="passage_model: checkpoint has a linear head but neither linear.safetensors"):
+        build(tmp_path / "untied")
+    shutil.rmtree(tmp_path / "untied" / "query_model")
+    with pytest.raises(FileNotFoundError, match="query_model: checkpoint folder not found"):
+        build(tmp_path / "untied")
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "openmatch_config.json").write_text('{"tied": true}')
+    with pytest.raises(ValueError, match="openmatch_config.json: missing key"):
+        build(tmp_path / "bad")
+
+
+def test_tokenizer_without_pad_token(tiny_bert, tmp_path):
+    tok = AutoTokenizer.from_pretrained(str(tiny_bert))
+    tok.pad_token = None
+    tok.save_pretrained(tmp_path / "tok")
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "tok")).pad_token_id is None
+    with pytest.raises(ValueError, match="tokenizer has no pad token"):
+        load_model_and_tokenizer(ModelArguments(model_name_or_path=str(tiny_bert), tokenizer_name=str(tmp_path / "tok")))
