@@ -131,6 +131,11 @@ class OpenMatchTrainingArguments(TrainingArguments):
             if self.bf16:
                 warnings.warn("--bf16 needs a GPU (or --use_cpu); none is available, so this run uses float32.", stacklevel=2)
                 self.bf16 = False
+        launched = int(os.environ.get("LOCAL_RANK", -1)) != -1 or int(os.environ.get("WORLD_SIZE", 1)) > 1
+        if launched and not self.use_cpu and not _has_accelerator():
+            # accelerate only forms a multi-process CPU group (gloo) when told the run is on CPU; otherwise each
+            # process of a torchrun / torch.distributed.launch job would silently train alone.
+            self.use_cpu = True
         super().__post_init__()
 
 
