@@ -139,8 +139,12 @@ class DRTrainer(Trainer):
             return
         model = self.accelerator.unwrap_model(self.model)
         logger.info("saving model checkpoint to %s", output_dir)
-        model.save(output_dir, tokenizer=self.tokenizer)
+        # The arguments go first: DRModel.save then writes into the (non-empty) folder and marks it complete with
+        # openmatch_config.json last, rather than renaming a temporary folder over it, which would race with the
+        # other ranks writing their RNG states into the same checkpoint folder.
+        os.makedirs(output_dir, exist_ok=True)
         write_json_atomic(Path(output_dir) / ARGS_NAME, dataclasses_to_dict(*self.extra_args, self.args))
+        model.save(output_dir, tokenizer=self.tokenizer)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         """Load the weights of one of our checkpoints (the stock loader expects a single HF weights file)."""
