@@ -279,6 +279,15 @@ def test_missing_files_are_clear_errors(tiny_bert, tmp_path):
     with pytest.raises(FileNotFoundError, match="query_model: checkpoint folder not found"):
         build(tmp_path / "untied")
 
+    # Weights present but incomplete: an error, not a silently random layer.
+    (tmp_path / "partial").mkdir()
+    shutil.copy(tiny_bert / "config.json", tmp_path / "partial" / "config.json")
+    state = BertModel.from_pretrained(str(tiny_bert)).state_dict()
+    state = {k: v for k, v in state.items() if ".layer.1." not in k}
+    torch.save(state, tmp_path / "partial" / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"partial: checkpoint has no weights for 16 parameter\(s\) of BertModel"):
+        build(tmp_path / "partial")
+
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "openmatch_config.json").write_text('{"tied": true}')
     with pytest.raises(ValueError, match="openmatch_config.json: missing key"):

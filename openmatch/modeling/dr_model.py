@@ -124,7 +124,17 @@ def _load_backbone(class_name: str, folder: str, model_args: ModelArguments, con
         kwargs["cache_dir"] = model_args.cache_dir
     if config is not None:
         kwargs["config"] = config
-    return _backbone_class(class_name).from_pretrained(folder, **kwargs)
+    model, info = _backbone_class(class_name).from_pretrained(folder, output_loading_info=True, **kwargs)
+    # Hugging Face would initialise missing weights randomly and only log it: for a retriever that silently
+    # ruins every score, so it is an error. The BERT-style pooler is exempt (never used, see DRModel).
+    missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("pooler."))
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise ValueError(
+            f"{folder}: checkpoint has no weights for {len(missing)} parameter(s) of {type(model).__name__} "
+            f"({shown}); is it really a {type(model).__name__} checkpoint?"
+        )
+    return model
 
 
 class DRModel(nn.Module):
