@@ -10,6 +10,7 @@ Judgments of relevance 0 are kept (they matter to nDCG's ideal ranking only thro
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -17,7 +18,7 @@ from collections import defaultdict
 from typing import Iterable, Iterator, Sequence
 
 from ..utils import atomic_output
-from .readers import DataFormatError, iter_lines
+from .readers import DataFormatError, iter_lines, open_binary
 
 logger = logging.getLogger(__name__)
 
@@ -78,29 +79,108 @@ def relevant_ids(qrels: Qrels, min_relevance: int = 1) -> dict[str, list[str]]:
     return out
 
 
-def iter_run(path: str | os.PathLike) -> Iterator[tuple[str, str, int, float]]:
-    """Yield ``(qid, pid, rank, score)`` from a TREC run (``qid Q0 pid rank score run_id``)."""
-    for line_no, line in iter_lines(path):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != 6:
-            raise DataFormatError(path, line_no, f"a TREC run line has 6 columns (qid Q0 pid rank score run), found {len(fields)}")
-        qid, _, pid, rank, score, _ = fields
+_RUN_BLOCK_BYTES = 1 << 24
+
+
+def _parse_run_line(path, line_no: int, line: str):
+    fields = line.split()
+    if len(fields) != 6:
+        raise DataFormatError(path, line_no, f"a TREC run line has 6 columns (qid Q0 pid rank score run), found {len(fields)}")
+    qid, _, pid, rank, score, _ = fields
+    try:
+        rank_value, score_value = int(rank), float(score)
+    except ValueError:
+        raise DataFormatError(path, line_no, f"rank must be an integer and score a number: {rank!r} {score!r}") from None
+    if math.isnan(score_value):
+        raise DataFormatError(path, line_no, "score is NaN, which has no rank")
+    return qid, pid, rank_value, score_value
+
+
+def _iter_run_blocks(path) -> Iterator[tuple[int, list, list, list, list]]:
+    """Yield ``(first_line_no, qids, pids, ranks, scores)`` per block of ~16 MiB of lines.
+
+    A run of MS MARCO dev is 7 million lines; parsing line by line in Python costs a minute, so each block
+    is split and converted with C-level ``map``/``zip``. Any irregularity in a block (blank line, wrong
+    column count, bad number, bad UTF-8) sends that block through the line-by-line parser, which skips
+    blank lines and reports the exact ``file:line`` of the first bad one.
+    """
+    first_line = 1
+    with open_binary(path) as handle:
+        while True:
+            chunk = handle.read(_RUN_BLOCK_BYTES)
+            if not chunk:
+                return
+            if not chunk.endswith(b"\n"):
+                chunk += handle.readline()
+            num_lines = chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
+            try:
+                lines = chunk.decode("utf-8").split("\n")
+                if lines[-1] == "":
+                    lines.pop()
+                # Millions of small lists would trigger the cyclic GC over and over (3x slower); they hold
+                # only strings, so no cycle can form.
+                gc_was_enabled = gc.isenabled()
+                gc.disable()
+                try:
+                    rows = [line.split() for line in lines]
+                    if any(len(row) != 6 for row in rows):
+                        raise ValueError
+                    qids, _, pids, ranks, scores, _ = zip(*rows)
+                    del rows
+                    ranks, scores = list(map(int, ranks)), list(map(float, scores))
+                finally:
+                    if gc_was_enabled:
+                        gc.enable()
+                if any(map(math.isnan, scores)):
+                    raise ValueError
+                yield first_line, list(qids), list(pids), ranks, scores
+            except (ValueError, UnicodeDecodeError):
+                yield _parse_block_slowly(path, first_line, chunk)
+            first_line += num_lines
+
+
+def _parse_block_slowly(path, first_line: int, chunk: bytes):
+    qids, pids, ranks, scores = [], [], [], []
+    for offset, raw in enumerate(chunk.split(b"\n")):
+        line_no = first_line + offset
         try:
-            yield qid, pid, int(rank), float(score)
-        except ValueError:
-            raise DataFormatError(path, line_no, f"rank must be an integer and score a number: {rank!r} {score!r}") from None
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataFormatError(path, line_no, f"invalid UTF-8 at byte {err.start}") from None
+        if not line.strip():
+            continue
+        qid, pid, rank, score = _parse_run_line(path, line_no, line)
+        qids.append(qid), pids.append(pid), ranks.append(rank), scores.append(score)
+    return first_line, qids, pids, ranks, scores
+
+
+def iter_run(path: str | os.PathLike) -> Iterator[tuple[str, str, int, float]]:
+    """Yield ``(qid, pid, rank, score)`` from a TREC run (``qid Q0 pid rank score run_id``); a line that is
+    not 6 columns, a non-integer rank, or a score that is not a number (or NaN) is a ``DataFormatError``."""
+    for _, qids, pids, ranks, scores in _iter_run_blocks(path):
+        yield from zip(qids, pids, ranks, scores)
 
 
 def load_run(path: str | os.PathLike) -> Run:
     """Read a TREC run into ``{qid: {pid: score}}``; a pid repeated within one query is an error."""
-    run: dict[str, dict[str, float]] = defaultdict(dict)
-    for qid, pid, _rank, score in iter_run(path):
-        if pid in run[qid]:
-            raise DataFormatError(path, None, f"passage {pid!r} appears twice for query {qid!r}")
-        run[qid][pid] = score
-    return dict(run)
+    run: dict[str, dict[str, float]] = {}
+    for _, qids, pids, _ranks, scores in _iter_run_blocks(path):
+        # Runs list each query's hits contiguously: build each stretch's dict in one C-level call.
+        start = 0
+        while start < len(qids):
+            qid = qids[start]
+            end = start + 1
+            while end < len(qids) and qids[end] == qid:
+                end += 1
+            stretch = dict(zip(pids[start:end], scores[start:end]))
+            hits = run.setdefault(qid, {})
+            if len(stretch) != end - start or not hits.keys().isdisjoint(stretch):
+                seen = set(hits)
+                duplicate = next(pid for pid in pids[start:end] if pid in seen or seen.add(pid))
+                raise DataFormatError(path, None, f"passage {duplicate!r} appears twice for query {qid!r}")
+            hits.update(stretch)
+            start = end
+    return run
 
 
 def load_ranked_run(path: str | os.PathLike) -> dict[str, list[str]]:

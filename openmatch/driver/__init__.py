@@ -1,0 +1,1 @@
+"""Command-line entry points: `python -m openmatch.driver.<name>`; each is a thin composition of library code."""
