@@ -62,6 +62,15 @@ def test_half_precision_reps_give_float32_loss():
     assert loss.item() == pytest.approx(ContrastiveLoss()(q.float(), p.float()).item(), rel=1e-6)
 
 
+def test_loss_ignores_autocast():
+    g = torch.Generator().manual_seed(3)
+    q, p = torch.randn(4, 16, generator=g), torch.randn(8, 16, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = ContrastiveLoss(0.05)(q, p)
+    assert loss.dtype == torch.float32
+    assert loss.item() == ContrastiveLoss(0.05)(q, p).item()
+
+
 def test_bad_shapes_are_clear_errors():
     loss = ContrastiveLoss()
     with pytest.raises(ValueError, match="multiple of the number of queries"):

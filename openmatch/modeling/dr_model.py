@@ -219,8 +219,9 @@ class DRModel(nn.Module):
             elif self.config.pooling == "first":
                 reps = hidden[:, 0]
             elif self.config.pooling == "mean":
-                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-                reps = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+                # Summed in float32: a long fp16 sequence's sum can overflow.
+                mask = attention_mask.unsqueeze(-1).float()
+                reps = ((hidden.float() * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)).to(hidden.dtype)
             else:
                 raise ValueError(f"unknown pooling {self.config.pooling!r} (first or mean)")
         if head is not None:
