@@ -260,12 +260,13 @@ class DRModel(nn.Module):
 
         Tied: the backbone's ``save_pretrained`` files at the root; untied: ``query_model/`` and
         ``passage_model/``. Heads as ``linear.safetensors`` + ``head_config.json`` (inside each tower folder
-        when untied). ``openmatch_config.json`` is written last and marks the checkpoint complete: into a
-        new folder everything goes to a temporary sibling that is renamed at the end; into an existing
-        folder the old marker is removed first, so an interrupted save never looks complete.
+        when untied). ``openmatch_config.json`` is written last and marks the checkpoint complete: a new
+        folder is written as a temporary sibling and renamed at the end; in an existing folder the old
+        marker is removed first, so an interrupted save never looks complete.
         """
         output_dir = Path(output_dir)
-        if output_dir.exists() and any(output_dir.iterdir()):
+        if output_dir.exists():
+            # Other processes (e.g. Trainer ranks writing RNG states) may be using the folder: write in place.
             (output_dir / CONFIG_NAME).unlink(missing_ok=True)
             self._write(output_dir, tokenizer)
             return
@@ -273,8 +274,6 @@ class DRModel(nn.Module):
         tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
         try:
             self._write(tmp, tokenizer)
-            if output_dir.exists():
-                output_dir.rmdir()  # empty (checked above)
             os.replace(tmp, output_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
