@@ -502,3 +502,46 @@ def load_manifest(index_dir: str) -> dict:
         raise IndexFolderError(f"{path}: unknown index format {manifest.get('format')!r} (expected {FORMAT})")
     return manifest
 
+
+
+def write_index(
+    output_dir: str,
+    ids: list[str],
+    embeddings: np.ndarray,
+    shard_size: int = 10_000_000,
+    dtype: str = "float32",
+    model: Optional[dict] = None,
+) -> dict:
+    """Write precomputed embeddings (e.g. from another encoder) as an index folder that search can read.
+
+    ``model`` may carry ``path``/``config``/``fingerprint`` for the compatibility check; the folder must
+    not hold another index.
+    """
+    embeddings = np.asarray(embeddings)
+    if embeddings.ndim != 2 or len(embeddings) != len(ids):
+        raise ValueError(f"need one embedding row per id: {len(ids)} ids, array of shape {embeddings.shape}")
+    if len(set(ids)) != len(ids):
+        raise ValueError("ids must be unique")
+    if index_files(output_dir):
+        raise IndexFolderError(f"{output_dir} already holds an index; choose another folder")
+    model = model or {}
+    spec = IndexSpec(
+        model_path=model.get("path", ""),
+        model_config=model.get("config", {}),
+        model_fingerprint=model.get("fingerprint", ""),
+        dim=int(embeddings.shape[1]),
+        corpus={"path": "", "size": len(ids), "mtime_ns": 0},
+        template="",
+        column_names=None,
+        max_len=0,
+        precision="external",
+        dtype=dtype,
+        world_size=1,
+        shard_size=shard_size,
+    )
+    prepare_output_dir(output_dir, spec)
+    for shard, start in enumerate(range(0, len(ids), shard_size)):
+        stop = start + shard_size
+        write_shard(output_dir, 0, shard, np.arange(start, min(stop, len(ids))), list(ids[start:stop]), embeddings[start:stop], dtype)
+    options = BuildOptions(corpus_path="", output_dir=output_dir)
+    return _finalize(output_dir, spec, options, 1, shard_size)

