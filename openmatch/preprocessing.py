@@ -27,16 +27,16 @@ and reported once at the end with a few examples; malformed files stop the run w
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import multiprocessing
 import os
 import random
 import re
 import sys
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
@@ -259,75 +259,70 @@ def ids_json(ids: Iterable[int]) -> str:
 
 
 class ExampleBuilder:
-    """Turns ``(line_no, qid, candidates)`` items into JSON lines; one per process.
+    """Turns ``(line_no, qid, candidates)`` items into JSON lines.
 
-    Passage token ids are cached (LRU, as their JSON text) because queries share many negatives: on
-    SciFact-MARCO 809 queries name ~25k passage slots but only a few thousand distinct passages.
+    Sampling and assembly run in the main process; only tokenisation, the costly part, goes to the
+    workers, and only for passages not yet in the cache. Passage token ids are cached (LRU, as their JSON
+    text) because queries share many negatives: on SciFact-MARCO 809 queries name ~25k passage slots but
+    fewer than 5k distinct passages, so each is tokenised once whatever ``--num_workers``.
     """
 
-    def __init__(self, config: BuildConfig, queries: dict, collection: dict, relevant: dict):
+    def __init__(self, config: BuildConfig, queries: dict, collection: dict, relevant: dict, tokenise: Callable):
         self.config = config
         self.queries = queries
         self.collection = collection
         self.relevant = relevant
-        self.tokenizer = None
+        self.tokenise = tokenise  # (texts, max_len) -> [[ids], ...], order kept
         self.cache: OrderedDict[str, str] = OrderedDict()
         self.tokenised_passages = 0
 
-    def load_tokenizer(self) -> None:
-        self.tokenizer = load_tokenizer(self.config.tokenizer_name)
+    def plan(self, qid: str, candidates: list[str], stats: "Stats") -> Optional[tuple[str, list[str], list[str]]]:
+        """``(qid, positives, sampled negatives)``, or None (counted in ``stats``) when the query is unusable."""
+        judged = self.relevant.get(qid)
+        if not judged:
+            stats.add("no_judgments", qid)
+            return None
+        if qid not in self.queries:
+            stats.add("query_missing", qid)
+            return None
+        positives = []
+        for pid in judged:
+            if pid in self.collection:
+                positives.append(pid)
+            else:
+                stats.add("positive_missing", f"{qid}:{pid}")
+        if not positives:
+            stats.add("no_positive_left", qid)
+            return None
+        excluded, pool = set(judged), []
+        for pid in candidates:
+            if pid in excluded:
+                continue
+            excluded.add(pid)
+            if pid not in self.collection:
+                stats.add("negative_missing", pid)
+                continue
+            pool.append(pid)
+        if not pool:
+            stats.add("no_negatives", qid)
+            return None
+        if len(pool) < self.config.n_sample:
+            stats.add("few_candidates", f"{qid} ({len(pool)})")
+        return qid, positives, sample_negatives(qid, pool, self.config.seed, self.config.n_sample)
 
-    def _tokenise(self, texts: list[str], max_len: int) -> list[list[int]]:
-        if not texts:
-            return []
-        return self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_len)["input_ids"]
-
-    def build_chunk(self, chunk: list[tuple[int, str, list[str]]]) -> tuple[list[str], Stats, int]:
+    def build_chunk(self, chunk: list[tuple[int, str, list[str]]]) -> tuple[list[str], "Stats", int]:
         """JSON lines for the usable items of ``chunk``, the counted problems, and the passage slots written."""
         cfg, stats = self.config, Stats()
-        plans = []
-        for _line_no, qid, candidates in chunk:
-            judged = self.relevant.get(qid)
-            if not judged:
-                stats.add("no_judgments", qid)
-                continue
-            if qid not in self.queries:
-                stats.add("query_missing", qid)
-                continue
-            positives = []
-            for pid in judged:
-                if pid in self.collection:
-                    positives.append(pid)
-                else:
-                    stats.add("positive_missing", f"{qid}:{pid}")
-            if not positives:
-                stats.add("no_positive_left", qid)
-                continue
-            excluded, pool = set(judged), []
-            for pid in candidates:
-                if pid in excluded:
-                    continue
-                excluded.add(pid)
-                if pid not in self.collection:
-                    stats.add("negative_missing", pid)
-                    continue
-                pool.append(pid)
-            if not pool:
-                stats.add("no_negatives", qid)
-                continue
-            if len(pool) < cfg.n_sample:
-                stats.add("few_candidates", f"{qid} ({len(pool)})")
-            plans.append((qid, positives, sample_negatives(qid, pool, cfg.seed, cfg.n_sample)))
-
-        query_ids = self._tokenise([self.queries[qid] for qid, _, _ in plans], cfg.q_max_len)
+        plans = [plan for _, qid, cands in chunk if (plan := self.plan(qid, cands, stats)) is not None]
+        query_ids = self.tokenise([self.queries[qid] for qid, _, _ in plans], cfg.q_max_len)
         self._fill_cache({pid: None for _, pos, neg in plans for pid in (*pos, *neg)})
         lines, slots = [], 0
         for (qid, positives, negatives), q_ids in zip(plans, query_ids):
             slots += len(positives) + len(negatives)
             lines.append(
                 '{"query":' + ids_json(q_ids)
-                + ',"positives":[' + ",".join(self._passage(pid) for pid in positives)
-                + '],"negatives":[' + ",".join(self._passage(pid) for pid in negatives) + "]}\n"
+                + ',"positives":[' + ",".join(self.cache[pid] for pid in positives)
+                + '],"negatives":[' + ",".join(self.cache[pid] for pid in negatives) + "]}\n"
             )
         return lines, stats, slots
 
@@ -336,16 +331,13 @@ class ExampleBuilder:
         for pid in needed:
             if pid in self.cache:
                 self.cache.move_to_end(pid)
-        ids = self._tokenise([self.collection[pid] for pid in missing], self.config.truncate)
+        ids = self.tokenise([self.collection[pid] for pid in missing], self.config.truncate)
         self.tokenised_passages += len(missing)
         for pid, token_ids in zip(missing, ids):
             self.cache[pid] = ids_json(token_ids)
-        # Evict only beyond what this chunk needs, so every pid it uses is still cached below.
+        # Evict only beyond what this chunk needs, so every pid it uses is still cached.
         while len(self.cache) > max(self.config.cache_size, len(needed)):
             self.cache.popitem(last=False)
-
-    def _passage(self, pid: str) -> str:
-        return self.cache[pid]
 
 
 def load_tokenizer(name: str):
@@ -359,42 +351,50 @@ def load_tokenizer(name: str):
         raise PreprocessingError(f"cannot load tokenizer {name!r}: {first}") from None
 
 
-# Per-process builder: set in the parent before forking (inherited, not pickled) or by the initializer.
-_BUILDER: Optional[ExampleBuilder] = None
+def tokenise_texts(tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
+    """Token ids without special tokens, truncated to ``max_len`` (the loader adds specials later)."""
+    if not texts:
+        return []
+    return tokenizer(
+        texts, add_special_tokens=False, truncation=True, max_length=max_len,
+        return_attention_mask=False, return_token_type_ids=False,
+    )["input_ids"]
 
 
-def _init_worker(builder: Optional[ExampleBuilder]) -> None:
-    global _BUILDER
+_TOKENIZER = None  # per worker process
+
+
+def _init_worker(name: str) -> None:
+    global _TOKENIZER
     # Several processes on few cores: the Rust tokenizer's own threads would only oversubscribe them.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    if builder is not None:
-        _BUILDER = builder
-    _BUILDER.load_tokenizer()
+    _TOKENIZER = load_tokenizer(name)
 
 
-def _work(chunk):
+def _work(job: tuple[list[str], int]):
     try:
-        return _work_local(_BUILDER, chunk)
+        return tokenise_texts(_TOKENIZER, *job), None
     except Exception as err:  # sent back as text: not every exception type survives pickling
-        return len(chunk), None, None, 0, os.getpid(), 0, f"{type(err).__name__}: {err}"
+        return None, f"{type(err).__name__}: {err}"
 
 
-def _work_local(builder: ExampleBuilder, chunk):
-    lines, stats, slots = builder.build_chunk(chunk)
-    return len(chunk), lines, stats, slots, os.getpid(), builder.tokenised_passages, None
+class ParallelTokeniser:
+    """``(texts, max_len) -> ids`` split over a process pool in contiguous slices (order kept)."""
 
+    def __init__(self, pool, num_workers: int, min_slice: int = 64):
+        self.pool, self.num_workers, self.min_slice = pool, num_workers, min_slice
 
-def _ordered_map(pool, chunks: Iterator, window: int) -> Iterator:
-    """``pool.imap(_work, chunks)`` with back-pressure: results in submission order (so output never
-    depends on timing), at most ``window`` chunks in flight (``imap`` would read the whole input at once).
-    """
-    pending = deque()
-    for chunk in chunks:
-        pending.append(pool.apply_async(_work, (chunk,)))
-        if len(pending) >= window:
-            yield pending.popleft().get()
-    while pending:
-        yield pending.popleft().get()
+    def __call__(self, texts: list[str], max_len: int) -> list[list[int]]:
+        if not texts:
+            return []
+        size = max(self.min_slice, -(-len(texts) // self.num_workers))
+        jobs = [(texts[i : i + size], max_len) for i in range(0, len(texts), size)]
+        out = []
+        for ids, error in self.pool.map(_work, jobs, chunksize=1):
+            if error is not None:
+                raise PreprocessingError(f"tokeniser worker failed: {error}")
+            out.extend(ids)
+        return out
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
@@ -487,7 +487,6 @@ def build(
     collection = load_texts(config.collection, COLLECTION_COLUMNS, doc_template)
     logger.info("%d queries, %d passages, %d judged queries", len(queries), len(collection), len(relevant))
 
-    builder = ExampleBuilder(config, queries, collection, relevant)
     stats, source_stats, seen = Stats(), Stats(), set()
 
     def items():
@@ -501,34 +500,30 @@ def build(
     writer = ShardWriter(config.save_to, config.shard_suffix, config.shard_size)
     Path(config.save_to).mkdir(parents=True, exist_ok=True)
     progress = tqdm(total=total, unit="query", desc=f"building {config.shard_suffix}", dynamic_ncols=True)
-    tokenised = slots = 0
+    slots = 0
     pool = None
     try:
-        chunks = _chunks(items(), config.chunk_size)
         if config.num_workers == 1:
-            builder.tokenizer = tokenizer_check
-            results = (_work_local(builder, chunk) for chunk in chunks)
+            tokenise = partial(tokenise_texts, tokenizer_check)
         else:
-            global _BUILDER
             methods = multiprocessing.get_all_start_methods()
+            # Fork: a worker starts in milliseconds instead of re-importing transformers. It is safe because
+            # this process has not run the tokenizer (whose Rust thread pool does not survive a fork).
+            # Workers only receive texts, so spawn (where fork is missing) works the same, only slower.
             ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-            forked = ctx.get_start_method() == "fork"
-            _BUILDER = builder if forked else None
-            gc.freeze()  # keep the big dicts' pages shared with forked children (no refcount-driven copies)
-            pool = ctx.Pool(config.num_workers, initializer=_init_worker, initargs=(None if forked else builder,))
-            results = _ordered_map(pool, chunks, window=4 * config.num_workers)
-        per_worker: dict[int, int] = {}  # process id -> passages it tokenised so far (a running total)
-        for n_items, lines, chunk_stats, chunk_slots, worker, worker_tokenised, error in results:
-            if error is not None:
-                raise PreprocessingError(f"worker failed: {error}")
+            pool = ctx.Pool(config.num_workers, initializer=_init_worker, initargs=(config.tokenizer_name,))
+            tokenise = ParallelTokeniser(pool, config.num_workers)
+        builder = ExampleBuilder(config, queries, collection, relevant, tokenise)
+        # Larger units with more workers, so that each tokeniser call splits into worthwhile slices.
+        for chunk in _chunks(items(), config.chunk_size * config.num_workers):
+            lines, chunk_stats, chunk_slots = builder.build_chunk(chunk)
             for line in lines:
                 writer.write(line)
             stats.merge(chunk_stats)
             slots += chunk_slots
-            per_worker[worker] = max(per_worker.get(worker, 0), worker_tokenised)
-            progress.update(n_items)
+            progress.update(len(chunk))
             progress.set_postfix(lines=writer.lines, refresh=False)
-        tokenised = sum(per_worker.values())
+        tokenised = builder.tokenised_passages
         writer.close()
     except BaseException:
         writer.abort()
@@ -538,7 +533,6 @@ def build(
         if pool is not None:
             pool.terminate()
             pool.join()
-            gc.unfreeze()
 
     stats.merge(source_stats)
     judged_unseen = [qid for qid in relevant if qid not in seen]

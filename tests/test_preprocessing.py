@@ -1,0 +1,322 @@
+"""MS MARCO preprocessing: the recipe's shell steps, build_train and build_hn on real data, bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import subprocess
+import sys
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+
+from openmatch.preprocessing import ids_json, sample_negatives
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = REPO / "scripts" / "msmarco"
+DOC_TEMPLATE = "Title: <title> Text: <text>"
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(f"_om_{name}", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+build_train = load_script("build_train")
+build_hn = load_script("build_hn")
+
+
+def run_script(module, argv):
+    from openmatch.preprocessing import run_cli
+
+    return run_cli(module.main, [str(a) for a in argv])
+
+
+def read_lines(folder, pattern):
+    out = []
+    for path in sorted(Path(folder).glob(pattern)):
+        out.extend(path.read_text().splitlines())
+    return out
+
+
+def triples_by_qid(marco):
+    grouped = OrderedDict()
+    with open(marco / "qidpidtriples.train.full.2.tsv", "rb") as handle:
+        for raw in handle:
+            qid, _pos, neg = raw.decode().rstrip("\r\n").split("\t")
+            grouped.setdefault(qid, []).append(neg)
+    return grouped
+
+
+def positives_by_qid(marco, name="qrels.train.tsv"):
+    qrels = OrderedDict()
+    for line in (marco / name).read_text().splitlines():
+        qid, _, pid, rel = line.split("\t")
+        if int(rel) > 0:
+            qrels.setdefault(qid, []).append(pid)
+    return qrels
+
+
+@pytest.fixture(scope="module")
+def tokenizer(minilm_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(minilm_path))
+
+
+@pytest.fixture(scope="module")
+def marco(shared_data):
+    return shared_data / "scifact-marco"
+
+
+@pytest.fixture(scope="module")
+def prepared(marco, tmp_path_factory):
+    out = tmp_path_factory.mktemp("marco")
+    subprocess.run(["bash", str(SCRIPTS / "prepare_marco.sh"), str(marco), str(out)], check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus(prepared):
+    rows = OrderedDict()
+    for line in (prepared / "corpus.tsv").read_text().splitlines():
+        pid, title, text = line.split("\t")
+        rows[pid] = (title, text)
+    return rows
+
+
+def tokenise(tokenizer, texts, max_len):
+    return [ids_json(ids) for ids in tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_len)["input_ids"]]
+
+
+def test_prepare_marco_outputs(prepared, marco, corpus):
+    assert len(corpus) == 5183
+    assert list(corpus) == sorted(corpus, key=int)
+    paras = dict(line.split("\t", 1) for line in (marco / "para.txt").read_text().splitlines())
+    titles = dict(line.split("\t", 1) for line in (marco / "para.title.txt").read_text().splitlines())
+    assert set(corpus) == set(paras)
+    for pid, (title, text) in corpus.items():
+        assert text == paras[pid] and title == titles.get(pid, "")
+
+    expected = triples_by_qid(marco)
+    lines = (prepared / "train.negatives.tsv").read_text().splitlines()
+    assert len(lines) == len(expected) == 809
+    got = OrderedDict((qid, negs.split(",")) for qid, negs in (line.split("\t") for line in lines))
+    assert got == expected  # same queries, same order, every negative (duplicates kept) in file order
+
+
+def test_recipe_awk_verbatim_loses_query_zero_and_build_train_says_so(marco, prepared, minilm_path, tmp_path, capsys):
+    """The recipe's awk drops the qid of a first query numbered 0; build_train stops with file:line."""
+    awk = (
+        "awk -v RS='\\r\\n' '$1==last {printf \",%s\",$3; next} NR>1 {print \"\";} "
+        "{last=$1; printf \"%s\\t%s\",$1,$3;} END{print \"\";}' "
+        f"{marco}/qidpidtriples.train.full.2.tsv > {tmp_path}/train.negatives.tsv"
+    )
+    subprocess.run(["bash", "-c", awk], check=True)
+    first = (tmp_path / "train.negatives.tsv").read_text().splitlines()[0]
+    assert first.startswith(",") and "\t" not in first
+    code = run_script(build_train, [
+        "--tokenizer_name", minilm_path, "--negative_file", tmp_path / "train.negatives.tsv",
+        "--qrels", marco / "qrels.train.tsv", "--queries", marco / "train.query.txt",
+        "--collection", prepared / "corpus.tsv", "--save_to", tmp_path / "out", "--doc_template", DOC_TEMPLATE,
+    ])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: ") and "train.negatives.tsv:1:" in err[-1]
+    assert "prepare_marco.sh" in err[-1]
+    assert not (tmp_path / "out" / "split00.jsonl").exists()
+
+
+@pytest.fixture(scope="module")
+def recipe_builds(marco, prepared, minilm_path, tmp_path_factory):
+    """The recipe's command verbatim (paths substituted), and again with 2 workers and 300-line shards."""
+    out1, out2 = tmp_path_factory.mktemp("t5"), tmp_path_factory.mktemp("t5_w2")
+    recipe = [
+        "--tokenizer_name", str(minilm_path),
+        "--negative_file", str(prepared / "train.negatives.tsv"),
+        "--qrels", str(marco / "qrels.train.tsv"),
+        "--queries", str(marco / "train.query.txt"),
+        "--collection", str(prepared / "corpus.tsv"),
+        "--save_to", str(out1) + "/",
+        "--doc_template", "Title: <title> Text: <text>",
+    ]
+    # In-process (same argv, same run_cli path as the script's __main__): a second interpreter would only add
+    # import time; test_bad_input_from_the_command_line_has_no_traceback runs the script as a process.
+    assert run_script(build_train, recipe) == 0
+    argv2 = recipe[:-4] + ["--save_to", out2, "--doc_template", DOC_TEMPLATE, "--num_workers", "2", "--shard_size", "300"]
+    assert run_script(build_train, argv2) == 0
+    return out1, out2
+
+
+def test_build_train_recipe(recipe_builds, marco, corpus, tokenizer):
+    out1, out2 = recipe_builds
+    assert sorted(p.name for p in out1.iterdir()) == ["split00.jsonl"]
+    assert sorted(p.name for p in out2.iterdir()) == ["split00.jsonl", "split01.jsonl", "split02.jsonl"]
+    assert [len(read_lines(out2, f"split0{i}.jsonl")) for i in range(3)] == [300, 300, 209]
+    # Byte-identical whatever the worker count and shard size.
+    assert (out1 / "split00.jsonl").read_bytes() == b"".join((out2 / f"split0{i}.jsonl").read_bytes() for i in range(3))
+
+    lines = [json.loads(line) for line in read_lines(out1, "split*[0-9].jsonl")]
+    assert len(lines) == 809
+    assert all(list(line) == ["query", "positives", "negatives"] for line in lines)
+    qrels = positives_by_qid(marco)
+    queries = dict(line.split("\t", 1) for line in (marco / "train.query.txt").read_text().splitlines())
+    triples = triples_by_qid(marco)
+    qids = list(triples)  # output follows the negatives file's order
+
+    # Queries and positives equal the independently tokenised query texts and judged passages.
+    assert [ids_json(line["query"]) for line in lines] == tokenise(tokenizer, [queries[q] for q in qids], 32)
+    pos_pids = [pid for q in qids for pid in qrels[q]]
+    pos_tokens = iter(tokenise(tokenizer, [f"Title: {corpus[p][0]} Text: {corpus[p][1]}" for p in pos_pids], 128))
+    special = {tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id}
+    for qid, line in zip(qids, lines):
+        assert [ids_json(p) for p in line["positives"]] == [next(pos_tokens) for _ in qrels[qid]]
+        assert len(line["negatives"]) == 30
+        negs = [ids_json(n) for n in line["negatives"]]
+        assert len(set(negs)) == 30 and not set(negs) & {ids_json(p) for p in line["positives"]}
+        assert all(0 < len(p) <= 128 and not special & set(p) for p in line["positives"] + line["negatives"])
+        assert 0 < len(line["query"]) <= 32 and not special & set(line["query"])
+
+    # For a few queries, the negatives are exactly the documented draw from (candidates - positives).
+    for index in (0, 1, 400, 808):
+        qid = qids[index]
+        pool = list(OrderedDict.fromkeys(p for p in triples[qid] if p not in set(qrels[qid])))
+        drawn = sample_negatives(qid, pool, 42, 30)
+        assert set(drawn) <= set(pool)
+        texts = [f"Title: {corpus[p][0]} Text: {corpus[p][1]}" for p in drawn]
+        assert [ids_json(n) for n in lines[index]["negatives"]] == tokenise(tokenizer, texts, 128)
+
+
+def test_sampling_depends_on_seed_and_qid_only():
+    pool = [str(i) for i in range(100)]
+    first = sample_negatives("q7", pool, 42, 30)
+    sample_negatives("other", pool, 42, 30)  # no shared state between queries
+    assert sample_negatives("q7", pool, 42, 30) == first and len(set(first)) == 30
+    assert sample_negatives("q7", pool, 43, 30) != first
+    assert sorted(sample_negatives("q7", pool[:5], 42, 30)) == pool[:5]  # fewer candidates: all of them
+
+
+def test_build_hn_top_depth_minus_positives(marco, prepared, corpus, minilm_path, tokenizer, tmp_path, caplog):
+    qrels = positives_by_qid(marco)
+    triples = triples_by_qid(marco)
+    qids = list(triples)[:20]
+    run_lines, tops = [], {}
+    for n, qid in enumerate(qids):
+        ranked = list(OrderedDict.fromkeys(triples[qid]))[:15]
+        ranked.insert(2, qrels[qid][0])  # a positive inside the top depth: must be left out
+        if n == 0:
+            ranked = ranked[:4]  # fewer than n_sample candidates: all taken, counted
+        # Written in reverse rank order: the reader must order by rank, not by line.
+        run_lines += [f"{qid} Q0 {pid} {r} {100 - r}.0 bm25" for r, pid in reversed(list(enumerate(ranked, 1)))]
+        tops[qid] = [p for p in ranked[:10] if p not in qrels[qid]]
+    run_lines.append("unjudged Q0 4983 1 1.0 bm25")
+    (tmp_path / "train.trec").write_text("\n".join(run_lines) + "\n")
+    save_to = tmp_path / "t5"
+    save_to.mkdir()
+    (save_to / "split00.jsonl").write_text("kept\n")  # build_train's shard in the same folder stays
+    argv = [
+        "--tokenizer_name", minilm_path, "--hn_file", tmp_path / "train.trec", "--qrels", marco / "qrels.train.tsv",
+        "--queries", marco / "train.query.txt", "--collection", prepared / "corpus.tsv", "--save_to", save_to,
+        "--doc_template", DOC_TEMPLATE, "--depth", "10", "--n_sample", "5",
+    ]
+    with caplog.at_level(logging.WARNING):
+        assert run_script(build_hn, argv) == 0
+    assert sorted(p.name for p in save_to.iterdir()) == ["split00.hn.jsonl", "split00.jsonl"]
+    lines = [json.loads(line) for line in read_lines(save_to, "split*.hn.jsonl")]
+    assert len(lines) == len(qids)
+    for qid, line in zip(qids, lines):
+        drawn = sample_negatives(qid, tops[qid], 42, 5)
+        texts = [f"Title: {corpus[p][0]} Text: {corpus[p][1]}" for p in drawn]
+        assert [ids_json(n) for n in line["negatives"]] == tokenise(tokenizer, texts, 128)
+    assert len(lines[0]["negatives"]) == 3
+    text = caplog.text
+    assert "1 queries had fewer than 5 negative candidates" in text
+    assert "1 queries in " in text and "unjudged" in text
+    assert f"{809 - 20} judged queries do not appear in" in text
+
+    # A query whose hits are not contiguous is refused with the offending line.
+    (tmp_path / "bad.trec").write_text("1 Q0 4983 1 1.0 r\n2 Q0 4983 1 1.0 r\n1 Q0 5836 2 0.5 r\n")
+    argv[argv.index(tmp_path / "train.trec")] = tmp_path / "bad.trec"
+    assert run_script(build_hn, argv) == 2
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+@pytest.fixture
+def small(tmp_path):
+    """A tiny, valid data set: 3 queries, 6 passages (ids are not row numbers)."""
+    (tmp_path / "corpus.tsv").write_text("".join(f"{100 + i}\tTitle {i}\tpassage number {i}\n" for i in range(6)))
+    (tmp_path / "queries.tsv").write_text("1\tfirst query\n2\tsecond query\n3\tthird query\n")
+    (tmp_path / "qrels.tsv").write_text("1\t0\t100\t1\n2\t0\t101\t1\n3\t0\t102\t1\n")
+    (tmp_path / "negs.tsv").write_text("1\t103,104,105,100\n2\t103,104\n3\t104,105\n")
+    return tmp_path
+
+
+def small_argv(folder, minilm_path, **overrides):
+    files = {"negative_file": "negs.tsv", "qrels": "qrels.tsv", "queries": "queries.tsv", "collection": "corpus.tsv"}
+    files.update(overrides)
+    argv = ["--tokenizer_name", minilm_path, "--save_to", folder / "out", "--n_sample", "2"]
+    for flag, name in files.items():
+        argv += [f"--{flag}", folder / name]
+    return argv
+
+
+@pytest.mark.parametrize(
+    "name, content, where, words",
+    [
+        ("corpus.tsv", b"100\tT\tx\n101\tonly two\n", "corpus.tsv:2:", "columns"),
+        ("qrels.tsv", b"1\t0\t100\t1\n2\t0\t101\t1\n3\t0\t102\thigh\n", "qrels.tsv:3:", "integer"),
+        ("queries.tsv", b"1\tfirst\n2\tsec\xffond\n", "queries.tsv:2:", "UTF-8"),
+        ("negs.tsv", b"1\t103\n2 103,104\n", "negs.tsv:2:", "columns"),
+    ],
+)
+def test_bad_input_is_one_error_line(small, minilm_path, capsys, name, content, where, words):
+    (small / name).write_bytes(content)
+    assert run_script(build_train, small_argv(small, minilm_path)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and where in err[-1] and words in err[-1]
+    assert not (small / "out").exists() or not list((small / "out").iterdir())
+
+
+def test_bad_input_from_the_command_line_has_no_traceback(small, minilm_path):
+    (small / "qrels.tsv").write_text("1\t0\t100\t1\n2\t0\t101\tyes\n")
+    argv = [str(a) for a in small_argv(small, minilm_path)]
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "build_train.py"), *argv], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "qrels.tsv:2:" in proc.stderr
+
+
+def test_skippable_problems_are_counted(small, minilm_path, caplog):
+    (small / "negs.tsv").write_text("1\t103,999,104,998,100\n2\t103,104\n3\t102\n4\t103\n1\t104\n")
+    (small / "qrels.tsv").write_text("1\t0\t100\t1\n2\t0\t101\t1\n2\t0\t777\t1\n3\t0\t102\t1\n5\t0\t105\t1\n6\t0\t404\t1\n")
+    (small / "queries.tsv").write_text("1\tfirst\n2\tsecond\n3\tthird\n6\tsixth\n")
+    with caplog.at_level(logging.WARNING):
+        assert run_script(build_train, small_argv(small, minilm_path)) == 0
+    lines = [json.loads(line) for line in read_lines(small / "out", "split*[0-9].jsonl")]
+    assert len(lines) == 2  # queries 1 and 2; 3 has no negative left, 4 is unjudged
+    assert len(lines[0]["positives"]) == 1 and len(lines[0]["negatives"]) == 2
+    assert len(lines[1]["positives"]) == 1  # 777 is not in the collection
+    text = caplog.text
+    assert "2 negative candidates missing from" in text and "999" in text and "998" in text
+    assert "1 queries were dropped because no negative candidate was left (e.g. 3)" in text
+    assert "1 queries in" in text and "without any relevant judgment" in text
+    assert "1 positives missing from" in text and "2:777" in text
+    assert "1 repeated query blocks" in text
+    assert "2 judged queries do not appear in" in text  # 5 and 6
+
+
+def test_stale_shards_are_removed_and_nothing_written_on_failure(small, minilm_path):
+    out = small / "out"
+    out.mkdir()
+    (out / "split07.jsonl").write_text("stale\n")
+    (out / "split00.hn.jsonl").write_text("other kind\n")
+    assert run_script(build_train, small_argv(small, minilm_path) + ["--shard_size", "1"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["split00.hn.jsonl", "split00.jsonl", "split01.jsonl", "split02.jsonl"]
+    (small / "negs.tsv").write_text("1\t100\n")  # only a positive: no example at all
+    assert run_script(build_train, small_argv(small, minilm_path)) == 2
+    assert len(list(out.iterdir())) == 4
