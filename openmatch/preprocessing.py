@@ -20,6 +20,9 @@ written under a temporary name and renamed when complete. Both scripts may write
 (build_hn): the recipe's ``cat DIR/*.jsonl`` would also pick up ``*.hn.jsonl`` shards and earlier merged
 files such as ``train.jsonl`` when run a second time.
 
+Speed: the main process plans every query (cheap) and assembles lines; ``--num_workers`` processes only
+tokenise, each distinct passage once per run (an LRU cache of token ids; queries share many negatives).
+
 Skippable problems (a negative missing from the collection, a query without judgments, ...) are counted
 and reported once at the end with a few examples; malformed files stop the run with ``path:line: what``.
 """
@@ -43,7 +46,7 @@ from typing import Callable, Iterable, Iterator, Optional
 from tqdm import tqdm
 
 from .dataset.qrels import iter_run, load_qrels, relevant_ids
-from .dataset.readers import DataFormatError, count_lines, iter_id_records, iter_lines
+from .dataset.readers import DataFormatError, iter_id_records, iter_lines
 from .dataset.template import Template
 from .utils import atomic_output, setup_logging
 
