@@ -301,3 +301,19 @@ def test_tokenizer_without_pad_token(tiny_bert, tmp_path):
     assert AutoTokenizer.from_pretrained(str(tmp_path / "tok")).pad_token_id is None
     with pytest.raises(ValueError, match="tokenizer has no pad token"):
         load_model_and_tokenizer(ModelArguments(model_name_or_path=str(tiny_bert), tokenizer_name=str(tmp_path / "tok")))
+
+
+def test_gradient_checkpointing_gives_same_gradients(tiny_bert):
+    batch = batch_for(tiny_bert)
+    grads = []
+    for checkpointing in (False, True):
+        model = build(tiny_bert, untie_encoder=True).train()
+        torch.manual_seed(0)  # same dropout masks
+        if checkpointing:
+            model.activation_checkpointing_enable({"use_reentrant": False})
+            assert model.is_activation_checkpointing and model.is_gradient_checkpointing
+        out = model(query=batch, passage=batch)
+        (out.q_reps @ out.p_reps.T).logsumexp(-1).sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)

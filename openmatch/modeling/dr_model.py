@@ -249,10 +249,37 @@ class DRModel(nn.Module):
         """Dot-product scores [Q, P] (no temperature: the ranking does not depend on it)."""
         return q_reps @ p_reps.T
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None) -> None:
-        """Forwarded to the backbone(s); called by the Hugging Face Trainer for --gradient_checkpointing."""
+    supports_gradient_checkpointing = True
+
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: Optional[dict] = None, every_n_layers: int = 1, offload: bool = False
+    ) -> None:
+        """Forwarded to the backbone(s); the Hugging Face Trainer calls it for --gradient_checkpointing."""
         for lm in self._backbones():
-            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+            lm.activation_checkpointing_enable(
+                activation_checkpointing_kwargs=activation_checkpointing_kwargs,
+                every_n_layers=every_n_layers,
+                offload=offload,
+            )
+
+    def activation_checkpointing_disable(self) -> None:
+        for lm in self._backbones():
+            lm.activation_checkpointing_disable()
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        return any(lm.is_activation_checkpointing for lm in self._backbones())
+
+    # transformers 4 names, still used by some callers.
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None, **kwargs) -> None:
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.activation_checkpointing_disable()
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.is_activation_checkpointing
 
     # ------------------------------------------------------------------ saving
     def save(self, output_dir: str | os.PathLike, tokenizer=None) -> None:
