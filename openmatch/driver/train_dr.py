@@ -8,7 +8,6 @@ the processes talk over gloo). The final model is saved to ``--output_dir`` in `
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -56,19 +55,11 @@ def resolve_resume(training_args) -> Optional[str]:
     return None
 
 
-@main_wrapper
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    model_args, data_args, training_args = parse_args((ModelArguments, DataArguments, DRTrainingArguments), argv)
-    setup_logging(training_args.process_index if training_args.world_size > 1 else 0)
+def build_trainer(model_args, data_args, training_args, callbacks=None) -> DRTrainer:
+    """Model, tokenizer, datasets and collator composed into a ``DRTrainer`` (what ``main`` trains)."""
     if not (data_args.train_path or data_args.train_dir):
         raise ValueError("give the training data with --train_path FILE or --train_dir FOLDER")
-    resume = resolve_resume(training_args)
-    logger.info(
-        "process %d of %d on %s, fp16=%s bf16=%s", training_args.process_index, training_args.world_size,
-        training_args.device, training_args.fp16, training_args.bf16,
-    )
     set_seed(training_args.seed)
-
     model, tokenizer = load_model_and_tokenizer(model_args)
     data_seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
     train_dataset = TrainDataset.from_args(data_args, tokenizer, seed=data_seed)
@@ -79,16 +70,28 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     )
     logger.info("%d training examples%s", len(train_dataset),
                 f", {len(eval_dataset)} validation examples" if eval_dataset is not None else "")
-
-    trainer = DRTrainer(
+    return DRTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=TrainCollator.for_tokenizer(tokenizer),
         processing_class=tokenizer,
+        callbacks=callbacks,
         extra_args=(model_args, data_args),
     )
+
+
+@main_wrapper
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    model_args, data_args, training_args = parse_args((ModelArguments, DataArguments, DRTrainingArguments), argv)
+    setup_logging(training_args.process_index if training_args.world_size > 1 else 0)
+    resume = resolve_resume(training_args)
+    logger.info(
+        "process %d of %d on %s, fp16=%s bf16=%s", training_args.process_index, training_args.world_size,
+        training_args.device, training_args.fp16, training_args.bf16,
+    )
+    trainer = build_trainer(model_args, data_args, training_args)
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
     if trainer.is_world_process_zero():
