@@ -8,8 +8,11 @@ Semantics, chosen to be unambiguous and to agree with the reference tools:
   are not judged are ignored, like ``trec_eval``. Queries whose judgments are all 0 are not judged queries:
   every metric of theirs would be 0 whatever the run, and counting them only dilutes the mean.
 - **Order**: by score descending; ties are broken by passage id descending (byte-wise string comparison),
-  which is exactly ``trec_eval``'s ``comp_sim_docno`` (and so ``pytrec_eval``'s). The rank column of a run file
-  is ignored, as ``trec_eval`` ignores it. :func:`evaluate_rankings` takes explicit orders instead.
+  which is exactly ``trec_eval``'s ``comp_sim_docno`` (and so ``pytrec_eval``'s). Scores are compared in
+  single precision (float32), because ``trec_eval`` stores them as C ``float``: two scores that differ only
+  beyond float32's ~7 significant digits are a tie there, and so here (tested against pytrec_eval on such a
+  case). The rank column of a run file is ignored, as ``trec_eval`` ignores it. (ir_measures' MS MARCO
+  provider breaks ties by ascending id at full precision instead; it agrees with us whenever no ties occur.) :func:`evaluate_rankings` takes explicit orders instead.
 - A passage is **relevant** when its relevance is > 0 (``trec_eval``'s default ``relevance_level`` 1);
   graded relevance matters only to nDCG, whose gain is the relevance itself and whose discount is
   ``log2(rank + 1)`` (``trec_eval``'s ``ndcg_cut``); the ideal ranking comes from the qrels.
@@ -183,18 +186,22 @@ def _ranks_from_scores(relevant: dict[str, int], hits: Mapping[str, float], qid:
     present = [(pid, hits[pid]) for pid in relevant if pid in hits]
     if not present:
         return []
-    scores = np.fromiter(hits.values(), dtype=np.float64, count=len(hits))
+    # float32: trec_eval stores scores as C floats, so scores equal in single precision are tied there.
+    scores = np.fromiter(hits.values(), dtype=np.float64, count=len(hits)).astype(np.float32)
     if np.isnan(scores).any():
         raise ValueError(f"query {qid!r}: the run holds a NaN score, which has no rank")
     ascending = np.sort(scores)
-    targets = np.array([score for _, score in present], dtype=np.float64)
+    targets = np.array([score for _, score in present], dtype=np.float64).astype(np.float32)
     # Passages scoring strictly higher rank above; equal scores are ordered by id, descending.
-    above = len(scores) - np.searchsorted(ascending, targets, side="right")
-    equal = np.searchsorted(ascending, targets, side="right") - np.searchsorted(ascending, targets, side="left")
+    right = np.searchsorted(ascending, targets, side="right")
+    above = len(scores) - right
+    equal = right - np.searchsorted(ascending, targets, side="left")
     found = []
-    for (pid, score), n_above, n_equal in zip(present, above.tolist(), equal.tolist()):
+    all_pids = None
+    for (pid, _), target, n_above, n_equal in zip(present, targets, above.tolist(), equal.tolist()):
         if n_equal > 1:
-            n_above += sum(1 for other, value in hits.items() if value == score and other > pid)
+            all_pids = list(hits) if all_pids is None else all_pids
+            n_above += sum(1 for index in np.flatnonzero(scores == target).tolist() if all_pids[index] > pid)
         found.append((n_above + 1, pid))
     return found
 
@@ -283,7 +290,8 @@ def rank_scores(
 ) -> dict[str, list[str]]:
     """Turn a ``[num_queries, num_passages]`` score matrix into ``{qid: [pid, ...]}`` best first, keeping the
     top ``depth`` (all by default), with the same tie rule as :func:`evaluate` (passage id descending)."""
-    scores = np.asarray(scores)
+    # float32 throughout, as in evaluate(): trec_eval's precision for scores.
+    scores = np.asarray(scores, dtype=np.float32)
     if scores.ndim != 2 or scores.shape != (len(qids), len(pids)):
         raise ValueError(f"scores of shape {scores.shape} do not match {len(qids)} queries x {len(pids)} passages")
     if np.isnan(scores).any():
@@ -301,7 +309,7 @@ def rank_scores(
             candidates = np.flatnonzero(row >= threshold)
         else:
             candidates = np.arange(len(pids))
-        order = candidates[np.lexsort((id_order[candidates], -row[candidates].astype(np.float64)))][:depth]
+        order = candidates[np.lexsort((id_order[candidates], -row[candidates].astype(np.float32)))][:depth]
         ranked[str(qid)] = [pids[i] for i in order]
     return ranked
 

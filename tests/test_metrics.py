@@ -1,0 +1,300 @@
+"""Metrics against independent implementations (pytrec_eval = trec_eval's C code, ir_measures' MS MARCO
+provider) and a naive full-sort reference; the evaluate driver as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import ir_measures
+import numpy as np
+import pytest
+import pytrec_eval
+
+from openmatch.dataset.qrels import load_qrels, write_trec_run
+from openmatch.evaluation import (
+    evaluate,
+    evaluate_rankings,
+    evaluate_scores,
+    mean_over_queries,
+    parse_metric,
+    rank_scores,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+# our name -> trec_eval measure (pytrec_eval); mrr@k has no trec_eval counterpart (see _trec_value).
+TREC = {"mrr": "recip_rank", "recall@100": "recall_100", "recall@5": "recall_5", "ndcg@10": "ndcg_cut_10",
+        "ndcg@3": "ndcg_cut_3", "map": "map", "map@5": "map_cut_5", "precision@5": "P_5", "precision@20": "P_20"}
+ALL = ["mrr@10", "mrr@3", *TREC]
+
+
+def judged_qids(qrels):
+    return [qid for qid, judged in qrels.items() if any(rel > 0 for rel in judged.values())]
+
+
+def trec_per_query(qrels, run, names):
+    """pytrec_eval's per-query values, extended to our query set: judged queries, 0 when absent from the run."""
+    measures = {TREC[n] for n in names if n in TREC} | {"recip_rank"}
+    raw = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
+    out = {}
+    for name in names:
+        values = {}
+        for qid in judged_qids(qrels):
+            row = raw.get(qid)
+            if row is None:
+                values[qid] = 0.0
+            elif name.startswith("mrr@"):
+                # trec_eval's recip_rank is uncut; cut it: same tie order, so an independent check of the cutoff.
+                rr, k = row["recip_rank"], int(name.split("@")[1])
+                values[qid] = rr if rr > 0 and round(1 / rr) <= k else 0.0
+            else:
+                values[qid] = row[TREC[name]]
+        out[name] = values
+    return out
+
+
+def naive(qrels, run, name):
+    """Full sort with trec_eval's order, textbook formulas; mean over judged queries."""
+    metric = parse_metric(name)
+    values = []
+    for qid in judged_qids(qrels):
+        rels = qrels[qid]
+        ranked = [pid for pid, _ in sorted(run.get(qid, {}).items(), key=lambda x: (np.float32(x[1]), x[0]), reverse=True)]
+        k = metric.k or len(ranked)
+        top = ranked[:k]
+        relevant = {pid for pid, rel in rels.items() if rel > 0}
+        if metric.family == "mrr":
+            values.append(next((1 / i for i, pid in enumerate(top, 1) if pid in relevant), 0.0))
+        elif metric.family == "recall":
+            values.append(len(relevant & set(top)) / len(relevant))
+        elif metric.family == "precision":
+            values.append(len(relevant & set(top)) / metric.k)
+        elif metric.family == "map":
+            hits, total = 0, 0.0
+            for i, pid in enumerate(top, 1):
+                if pid in relevant:
+                    hits += 1
+                    total += hits / i
+            values.append(total / len(relevant))
+        elif metric.family == "ndcg":
+            dcg = sum(max(rels.get(pid, 0), 0) / math.log2(i + 1) for i, pid in enumerate(top, 1))
+            ideal = sorted((r for r in rels.values() if r > 0), reverse=True)[: metric.k or None]
+            values.append(dcg / sum(g / math.log2(i + 1) for i, g in enumerate(ideal, 1)))
+    return sum(values) / len(values)
+
+
+def assert_all_agree(qrels, run, names=ALL):
+    ours = evaluate(qrels, run, names, per_query=True)
+    reference = trec_per_query(qrels, run, names)
+    for name in names:
+        assert ours[name].keys() == reference[name].keys(), name
+        for qid in ours[name]:
+            assert ours[name][qid] == pytest.approx(reference[name][qid], abs=1e-9), (name, qid)
+        assert mean_over_queries(ours)[name] == pytest.approx(naive(qrels, run, name), abs=1e-12), name
+    return ours
+
+
+# ---------------------------------------------------------------------------------------------- hand-built cases
+
+TRICKY_QRELS = {
+    "tie": {"a": 1, "c": 2, "b": 0},  # ties broken by pid descending: d, c, b, a
+    "graded": {"p1": 3, "p2": 1, "p3": 2, "p9": 2},  # p9 never retrieved: in the ideal ranking only
+    "absent": {"x": 1},  # judged, not in the run: 0 everywhere
+    "zeros": {"z": 0},  # judgments all 0: not a judged query
+    "short": {"s2": 1, "s5": 1},  # run shorter than the cutoffs
+    "late": {"l12": 1},  # relevant at rank 12: RR counts it, RR@10 does not
+}
+TRICKY_RUN = {
+    "tie": {"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0},
+    "graded": {"p2": 9.0, "p1": 8.0, "n1": 7.0, "p3": 7.0, "n2": 1.0},
+    "zeros": {"z": 5.0},
+    "short": {"s1": 3.0, "s2": 2.0},
+    "late": {f"l{i}": 100.0 - i for i in range(1, 30)},
+    "unjudged": {"u": 1.0},  # not in the qrels: ignored
+}
+
+
+def test_tricky_cases_match_trec_eval_and_naive():
+    ours = assert_all_agree(TRICKY_QRELS, TRICKY_RUN)
+    assert set(ours["mrr@10"]) == {"tie", "graded", "absent", "short", "late"}
+    assert ours["mrr@10"]["tie"] == 0.5  # c ranks second under trec_eval's tie rule
+    assert ours["mrr"]["late"] == pytest.approx(1 / 12) and ours["mrr@10"]["late"] == 0.0
+    assert ours["precision@20"]["short"] == 1 / 20 and ours["recall@100"]["short"] == 0.5
+    assert all(values["absent"] == 0.0 for values in ours.values())
+
+
+def test_trec_eval_tie_order_is_pid_descending():
+    qrels = {"q": {"10": 1}}
+    # '9' > '10' > '1' as strings: the relevant '10' ranks second among the three tied passages.
+    run = {"q": {"1": 0.5, "10": 0.5, "9": 0.5}}
+    assert evaluate(qrels, run, ["mrr"])["mrr"] == 0.5
+    assert pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(run)["q"]["recip_rank"] == 0.5
+
+
+def test_scores_tie_in_single_precision_like_trec_eval():
+    # Distinct doubles, equal as float32 (trec_eval stores scores as C float): a tie, broken by pid descending.
+    qrels = {"463373": {"7416571": 1}}
+    run = {"463373": {"3008108": 0.6744150775358865, "2914084": 0.6732905532711495, "7416571": 0.6732905217534942}}
+    assert evaluate(qrels, run, ["mrr"])["mrr"] == 0.5
+    assert pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(run)["463373"]["recip_rank"] == 0.5
+
+
+def test_random_runs_with_many_ties():
+    rng = random.Random(7)
+    qrels, run = {}, {}
+    for q in range(60):
+        qid = f"q{q}"
+        qrels[qid] = {f"d{rng.randrange(40)}": rng.choice([0, 1, 1, 2, 3]) for _ in range(rng.randint(1, 8))}
+        if q % 7 == 0:
+            continue  # judged but absent
+        run[qid] = {f"d{rng.randrange(40)}": float(rng.randint(0, 5)) for _ in range(rng.randint(1, 30))}
+    assert_all_agree(qrels, run)
+    # The explicit-order and score-matrix paths agree with the score path under the same tie rule.
+    ranked = {qid: [pid for pid, _ in sorted(h.items(), key=lambda x: (x[1], x[0]), reverse=True)] for qid, h in run.items()}
+    assert evaluate_rankings(ranked, qrels, ALL) == evaluate(qrels, run, ALL)
+    pids = [f"d{i}" for i in range(40)]
+    qids = sorted(run)
+    matrix = np.full((len(qids), len(pids)), -1e9)
+    for row, qid in enumerate(qids):
+        for pid, score in run[qid].items():
+            matrix[row, pids.index(pid)] = score
+    full = {qid: {pid: float(matrix[row, j]) for j, pid in enumerate(pids)} for row, qid in enumerate(qids)}
+    assert evaluate_scores(matrix, qids, pids, qrels, ALL) == pytest.approx(evaluate(qrels, full, ALL), abs=1e-12)
+    top5 = rank_scores(matrix, qids, pids, depth=5)
+    assert all(top5[qid] == evaluate_ranked[:5] for qid, evaluate_ranked in rank_scores(matrix, qids, pids).items())
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="unknown metric"):
+        parse_metric("mrr10x")
+    with pytest.raises(ValueError, match="needs a cutoff"):
+        parse_metric("recall")
+    assert parse_metric("RR@10").name == "mrr@10" and parse_metric("nDCG@10").name == "ndcg@10"
+    assert parse_metric("AP").name == "map" and parse_metric("recall_100").name == "recall@100"
+    with pytest.raises(ValueError, match="share no query"):
+        evaluate({"q1": {"a": 1}}, {"q2": {"a": 1.0}})
+    with pytest.raises(ValueError, match="relevance > 0"):
+        evaluate({"q1": {"a": 0}}, {"q1": {"a": 1.0}})
+    with pytest.raises(ValueError, match="twice"):
+        evaluate_rankings({"q1": ["a", "a"]}, {"q1": {"a": 1}})
+
+
+# ---------------------------------------------------------------------------------------------- real qrels
+
+
+def random_run(qrels, hits, seed, drop_every=0, id_space=9_000_000):
+    """Deterministic random run: random passages plus the relevant ones at random ranks (some beyond the
+    depth, so they are missed); every ``drop_every``-th judged query is left out."""
+    rng = np.random.default_rng(seed)
+    run = {}
+    for index, (qid, judged) in enumerate(sorted(qrels.items())):
+        if drop_every and index % drop_every == 0:
+            continue
+        pids = [str(p) for p in rng.integers(0, id_space, hits)]
+        for pid in judged:
+            position = int(rng.integers(0, int(hits * 1.3)))
+            if position < hits:
+                pids[position] = pid
+        scores = -np.sort(-rng.random(hits))
+        run[qid] = dict(zip(pids, scores.tolist()))  # a duplicate pid keeps its later (lower) score
+    return run
+
+
+def test_msmarco_dev_small_against_trec_eval_and_ir_measures(shared_data):
+    qrels = load_qrels(shared_data / "msmarco-dev-small" / "qrels.dev.small.trec.txt")
+    assert len(qrels) == 6980 and sum(map(len, qrels.values())) == 7437
+    # 200 hits per query (1.4M) keeps the test fast; relevant passages land anywhere in 1..260.
+    run = random_run(qrels, hits=200, seed=0, drop_every=50)
+    names = ["mrr@10", "mrr", "recall@100", "ndcg@10", "map", "precision@5"]
+    ours = evaluate(qrels, run, names)
+    reference = mean_over_queries(trec_per_query(qrels, run, names))
+    assert ours == pytest.approx(reference, abs=1e-12)
+    # ir_measures (MS MARCO's own RR@10 code) averages over every qrels query, absent ones counting 0: the
+    # official semantics, identical to ours here since every dev/small query has a relevant passage.
+    measures = [ir_measures.RR @ 10, ir_measures.R @ 100, ir_measures.nDCG @ 10, ir_measures.AP]
+    agg = ir_measures.calc_aggregate(measures, qrels, run)
+    assert ours["mrr@10"] == pytest.approx(agg[ir_measures.RR @ 10], abs=1e-12)
+    assert ours["recall@100"] == pytest.approx(agg[ir_measures.R @ 100], abs=1e-12)
+    assert ours["ndcg@10"] == pytest.approx(agg[ir_measures.nDCG @ 10], abs=1e-12)
+    assert ours["map"] == pytest.approx(agg[ir_measures.AP], abs=1e-12)
+    # trec_eval without -c averages over the queries of the run only, and its recip_rank is uncut: both
+    # differ from the official MRR@10, measurably so on this run.
+    trec = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(run)
+    trec_mean = sum(row["recip_rank"] for row in trec.values()) / len(trec)
+    assert len(trec) == len(run) < len(qrels)
+    assert abs(trec_mean - ours["mrr@10"]) > 1e-4
+    missing = [qid for qid in qrels if qid not in run]
+    per_query = evaluate(qrels, run, ["mrr@10"], per_query=True)["mrr@10"]
+    assert len(per_query) == 6980 and all(per_query[qid] == 0.0 for qid in missing)
+
+
+def test_scifact_test_qrels(shared_data):
+    qrels = load_qrels(shared_data / "scifact" / "qrels" / "test.tsv")
+    assert len(qrels) == 300 and sum(map(len, qrels.values())) == 339
+    run = random_run(qrels, hits=1000, seed=1, drop_every=17, id_space=50_000_000)
+    assert_all_agree(qrels, run, ["mrr@10", "mrr", "recall@100", "ndcg@10", "map", "map@5", "precision@5"])
+    agg = ir_measures.calc_aggregate([ir_measures.RR @ 10], qrels, run)
+    assert evaluate(qrels, run, ["mrr@10"])["mrr@10"] == pytest.approx(agg[ir_measures.RR @ 10], abs=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+
+def run_driver(*args):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [sys.executable, "-m", "openmatch.driver.evaluate", *map(str, args)],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=120,
+    )
+
+
+def test_driver_prints_and_writes_metrics(tmp_path):
+    qrels_path = tmp_path / "qrels.tsv"
+    qrels_path.write_text("".join(f"{q}\t0\t{p}\t{r}\n" for q, judged in TRICKY_QRELS.items() for p, r in judged.items()))
+    run_path = tmp_path / "run.trec"
+    results = [(qid, sorted(hits.items(), key=lambda x: (x[1], x[0]), reverse=True)) for qid, hits in TRICKY_RUN.items()]
+    write_trec_run(run_path, results)
+    out = tmp_path / "out" / "metrics.json"
+    proc = run_driver("--qrels", qrels_path, "--run", run_path, "--metrics", "mrr@10,ndcg@10,map", "--per_query", "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    expected = evaluate(TRICKY_QRELS, TRICKY_RUN, ["mrr@10", "ndcg@10", "map"], per_query=True)
+    lines = [line.split("\t") for line in proc.stdout.splitlines() if line.count("\t") == 2]
+    assert len(lines) == 3 * 5
+    for name, qid, value in lines:
+        assert float(value) == pytest.approx(expected[name][qid], abs=5e-5)
+    table = {line.split()[0]: float(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith(("mrr@10 ", "ndcg@10 ", "map "))}
+    means = mean_over_queries(expected)
+    assert table == pytest.approx(means, abs=5e-5)
+    saved = json.loads(out.read_text())
+    assert saved["metrics"] == pytest.approx(means, abs=1e-12)
+    assert saved["num_judged_queries"] == 5 and saved["num_judged_missing_from_run"] == 1
+
+
+def test_driver_errors_are_one_line(tmp_path, capsys):
+    qrels_path = tmp_path / "qrels.txt"
+    qrels_path.write_text("q1 0 a 1\n")
+    bad = tmp_path / "bad.trec"
+    bad.write_text("q1 Q0 a 1 2.0 r\nq1 Q0 b 2 1.0\n")
+    proc = run_driver("--qrels", qrels_path, "--run", bad)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: {bad}:2: a TREC run line has 6 columns (qid Q0 pid rank score run), found 5"
+    other = tmp_path / "other.trec"
+    other.write_text("q9 Q0 a 1 2.0 r\n")
+    # The other error paths in-process (each subprocess pays the package import).
+    from openmatch.driver.evaluate import main
+
+    for argv, message in [
+        (["--qrels", qrels_path, "--run", other], "share no query"),
+        (["--qrels", tmp_path / "nope.txt", "--run", other], "nope.txt: no such file"),
+        (["--qrels", qrels_path, "--run", other, "--metrics", "mrr@10,bogus"], "unknown metric 'bogus'"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(a) for a in argv])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.startswith("error: ") and message in err
+        assert len(err.strip().splitlines()) == 1

@@ -1,0 +1,112 @@
+"""Qrels and TREC run readers/writer: layouts, errors naming file:line, round trip, atomic output."""
+
+from __future__ import annotations
+
+import pytest
+
+from openmatch.dataset import qrels as qrels_module
+from openmatch.dataset.qrels import iter_run, load_qrels, load_ranked_run, load_run, relevant_ids, write_trec_run
+from openmatch.dataset.readers import DataFormatError
+
+EXPECTED = {"q1": {"d1": 1, "d2": 0}, "q2": {"d3": 2}}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "q1\t0\td1\t1\nq1\t0\td2\t0\nq2\t0\td3\t2\n",  # 4 columns, tabs
+        "q1 0 d1 1\r\nq1 0 d2 0\r\nq2 0 d3 2\r\n",  # 4 columns, spaces, CRLF
+        "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\t0\nq2\td3\t2.0\n",  # BEIR with header
+    ],
+)
+def test_qrels_layouts(tmp_path, text):
+    path = tmp_path / "qrels"
+    path.write_text(text)
+    assert load_qrels(path) == EXPECTED
+    assert relevant_ids(load_qrels(path)) == {"q1": ["d1"], "q2": ["d3"]}
+
+
+def test_two_column_qrels(tmp_path):
+    path = tmp_path / "qrels"
+    path.write_text("q1 d1\nq1 d2\n\nq2 d3\n")
+    assert load_qrels(path) == {"q1": {"d1": 1, "d2": 1}, "q2": {"d3": 1}}
+
+
+@pytest.mark.parametrize(
+    "text, line, message",
+    [
+        ("q1 0 d1 1\nq1 0 d2 high\n", 2, "relevance must be an integer"),
+        ("q1 0 d1 1\nq1 0 d2 0.5\n", 2, "relevance must be an integer"),
+        ("q1 0 d1 1\nq1 d2 1\n", 2, "expected 4 columns"),
+        ("q1 0 d1 1 x y\n", 1, "qrels need 2"),
+    ],
+)
+def test_qrels_errors_name_file_and_line(tmp_path, text, line, message):
+    path = tmp_path / "qrels"
+    path.write_text(text)
+    with pytest.raises(DataFormatError, match=message) as info:
+        load_qrels(path)
+    assert str(info.value).startswith(f"{path}:{line}: ")
+
+
+def test_real_qrels(shared_data):
+    beir = load_qrels(shared_data / "scifact" / "qrels" / "test.tsv")
+    marco = load_qrels(shared_data / "scifact-marco" / "qrels.dev.tsv")
+    assert beir == marco and len(beir) == 300
+
+
+def test_run_round_trip_and_atomicity(tmp_path):
+    results = [("q1", [("d1", 2.5), ("d2", 1.25)]), ("q2", [("d3", -0.5)])]
+    path = tmp_path / "sub" / "run.trec"
+    assert write_trec_run(path, results, run_id="test") == 3
+    assert path.read_text().splitlines()[0] == "q1 Q0 d1 1 2.500000 test"
+    assert load_run(path) == {"q1": {"d1": 2.5, "d2": 1.25}, "q2": {"d3": -0.5}}
+    assert load_ranked_run(path) == {"q1": ["d1", "d2"], "q2": ["d3"]}
+    assert list(iter_run(path))[1] == ("q1", "d2", 2, 1.25)
+
+    def failing():
+        yield "q9", [("d9", 1.0)]
+        raise RuntimeError("crash mid-write")
+
+    with pytest.raises(RuntimeError):
+        write_trec_run(path, failing())
+    assert load_run(path)["q1"] == {"d1": 2.5, "d2": 1.25}  # previous complete file kept
+    assert sorted(p.name for p in path.parent.iterdir()) == ["run.trec"]  # no temp file left
+    with pytest.raises(ValueError, match="white space"):
+        write_trec_run(tmp_path / "x.trec", results, run_id="a b")
+
+
+@pytest.mark.parametrize(
+    "text, line, message",
+    [
+        ("q1 Q0 d1 1 2.0 r\nq1 Q0 d2 2 1.0\n", 2, "6 columns"),
+        ("q1 Q0 d1 1 2.0 r\nq1 Q0 d2 two 1.0 r\n", 2, "rank must be an integer"),
+        ("q1 Q0 d1 1 2.0 r\n\nq1 Q0 d2 2 nan r\n", 3, "NaN"),
+        ("q1 Q0 d1 1 2.0 r\nq1 Q0 d2 2 \xff 1.0 r\n", 2, None),
+    ],
+)
+def test_run_errors_name_file_and_line(tmp_path, text, line, message):
+    path = tmp_path / "run.trec"
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(DataFormatError) as info:
+        load_run(path)
+    assert str(info.value).startswith(f"{path}:{line}: ")
+    if message:
+        assert message in str(info.value)
+
+
+def test_run_blocks_keep_line_numbers_and_queries(tmp_path, monkeypatch):
+    # Tiny blocks: queries straddle block boundaries, and an error deep in the file keeps its true line.
+    monkeypatch.setattr(qrels_module, "_RUN_BLOCK_BYTES", 64)
+    lines = [f"q{i // 7} Q0 d{i} {i % 7 + 1} {100 - i}.5 r\n" for i in range(100)]
+    path = tmp_path / "run.trec"
+    path.write_text("".join(lines) + "\n")
+    run = load_run(path)
+    assert len(run) == 15 and sum(map(len, run.values())) == 100 and run["q3"]["d21"] == 79.5
+    assert [hit[:2] for hit in iter_run(path)] == [(f"q{i // 7}", f"d{i}") for i in range(100)]
+    path.write_text("".join(lines[:80]) + "q11 Q0 d80 4 bad r\n" + "".join(lines[81:]))
+    with pytest.raises(DataFormatError, match=f"^{path}:81: "):
+        load_run(path)
+    path.write_text("".join(lines[:50]) + lines[45])
+    with pytest.raises(DataFormatError, match="'d45' appears twice for query 'q6'"):
+        load_run(path)
