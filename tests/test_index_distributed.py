@@ -1,0 +1,57 @@
+"""Distributed build_index on CPU (gloo): the same id -> vector map as one process, each passage once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from openmatch import api
+from test_encode import N_DOCS, corpus, read_index  # noqa: F401  (fixture reuse)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def launch(launcher: list[str], args: list[str]) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    return subprocess.run([sys.executable, "-m", *launcher, "-m", "openmatch.driver.build_index", *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "launcher,workers",
+    [
+        (["torch.distributed.run", "--nproc_per_node=2", "--master_port=29531"], 2),
+        (["torch.distributed.launch", "--nproc_per_node=2", "--master_port=29532"], 0),
+    ],
+    ids=["torchrun-2x2", "launch-2x0"],
+)
+def test_two_processes_equal_one(tiny_bert, corpus, tmp_path, launcher, workers):  # noqa: F811
+    flags = ["--model_name_or_path", str(tiny_bert), "--corpus_path", str(corpus), "--doc_template", "<title> <text>",
+             "--doc_column_names", "id,title,text", "--p_max_len", "48", "--per_device_eval_batch_size", "8",
+             "--max_inmem_docs", "40", "--pooling", "mean", "--dataloader_num_workers", str(workers)]
+    proc = launch(launcher, ["--output_dir", str(tmp_path / "dist"), *flags])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((tmp_path / "dist" / "manifest.json").read_text())
+    assert manifest["layout"] == {"world_size": 2, "shard_size": 20}
+    assert {s["rank"] for s in manifest["shards"]} == {0, 1}
+    dist = read_index(tmp_path / "dist")  # raises on a passage encoded twice
+
+    model, tok = api.load_model(tiny_bert, pooling="mean")
+    api.build_index(model, tok, corpus, tmp_path / "single", max_len=48, batch_size=8, template="<title> <text>",
+                    column_names="id,title,text", max_inmem_docs=40, progress=False)
+    single = read_index(tmp_path / "single")
+    assert sorted(dist) == sorted(single) == [f"d{i:03d}" for i in range(N_DOCS)]
+    for rid in single:
+        np.testing.assert_allclose(dist[rid], single[rid], atol=1e-5, rtol=0)
+    if "torch.distributed.launch" in launcher:
+        return
+    # A rerun with the same world size finds everything complete and changes nothing.
+    before = (tmp_path / "dist" / "embeddings.rank1.shard0.npy").stat().st_mtime_ns
+    proc = launch(launcher, ["--output_dir", str(tmp_path / "dist"), *flags])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "dist" / "embeddings.rank1.shard0.npy").stat().st_mtime_ns == before
