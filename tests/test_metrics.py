@@ -298,3 +298,23 @@ def test_driver_errors_are_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and err.startswith("error: ") and message in err
         assert len(err.strip().splitlines()) == 1
+
+
+def test_driver_compares_named_runs(tmp_path, capsys):
+    from openmatch.driver.evaluate import main
+
+    qrels_path = tmp_path / "qrels.tsv"
+    qrels_path.write_text("".join(f"{q}\t0\t{p}\t{r}\n" for q, judged in TRICKY_QRELS.items() for p, r in judged.items()))
+    good, reversed_run = tmp_path / "good.trec", tmp_path / "reversed.trec"
+    write_trec_run(good, [(q, sorted(h.items(), key=lambda x: (x[1], x[0]), reverse=True)) for q, h in TRICKY_RUN.items()])
+    flipped = {q: {p: -s for p, s in hits.items()} for q, hits in TRICKY_RUN.items()}
+    write_trec_run(reversed_run, [(q, sorted(h.items(), key=lambda x: (x[1], x[0]), reverse=True)) for q, h in flipped.items()])
+    out = tmp_path / "cmp.json"
+    assert main(["--qrels", str(qrels_path), "--run", f"a={good}", f"b={reversed_run}", "--metrics", "mrr@10,ndcg@10", "--output", str(out)]) == 0
+    rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in capsys.readouterr().out.splitlines() if line.startswith(("a ", "b "))}
+    saved = json.loads(out.read_text())["runs"]
+    for name, run in (("a", TRICKY_RUN), ("b", flipped)):
+        expected = evaluate(TRICKY_QRELS, run, ["mrr@10", "ndcg@10"])
+        assert rows[name] == pytest.approx([expected["mrr@10"], expected["ndcg@10"]], abs=5e-5)
+        assert saved[name]["metrics"] == pytest.approx(expected, abs=1e-12)
+    assert rows["a"] != rows["b"]

@@ -1,11 +1,12 @@
 """Evaluate a TREC run against qrels.
 
-    python -m openmatch.driver.evaluate --qrels Q --run R \
+    python -m openmatch.driver.evaluate --qrels Q --run R [R ...] \
         [--metrics mrr@10,recall@100,recall@1000,ndcg@10,map] [--per_query] [--output metrics.json]
 
 Prints a table of the means (over the judged queries: those with a passage of relevance > 0; a judged query
 missing from the run scores 0); with ``--per_query`` first prints ``metric qid value`` lines like
-``trec_eval -q``. ``--output`` writes the same numbers as JSON, atomically. Semantics of each metric:
+``trec_eval -q``. ``--output`` writes the same numbers as JSON, atomically. Several runs (``--run zero-shot=a.trec stage1=b.trec``)
+are compared in one table, a row per run. Semantics of each metric:
 :mod:`openmatch.evaluation.metrics`.
 """
 
@@ -31,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m openmatch.driver.evaluate", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--qrels", required=True, help="qrels: 'qid 0 pid rel', 'qid pid' or BEIR 'query-id corpus-id score'")
-    parser.add_argument("--run", required=True, help="TREC run: 'qid Q0 pid rank score run_id'")
+    parser.add_argument(
+        "--run", required=True, nargs="+",
+        help="TREC run(s): 'qid Q0 pid rank score run_id'; NAME=PATH names a run in the comparison table",
+    )
     parser.add_argument("--metrics", default=DEFAULT_DRIVER_METRICS, help=f"comma-separated (default {DEFAULT_DRIVER_METRICS})")
     parser.add_argument("--per_query", action="store_true", help="also print 'metric qid value' for every judged query")
     parser.add_argument("--output", default=None, help="write the results as JSON to this file")
@@ -45,35 +49,71 @@ def format_table(results: dict[str, float], num_queries: int) -> str:
     return "\n".join(lines)
 
 
+def format_comparison(results: dict[str, dict[str, float]], num_queries: int) -> str:
+    """A row per run, a column per metric."""
+    metric_names = list(next(iter(results.values())))
+    name_width = max(len("run"), *(len(name) for name in results))
+    widths = [max(len(m), 6) for m in metric_names]
+    header = f"{'run':<{name_width}}  " + "  ".join(f"{m:>{w}}" for m, w in zip(metric_names, widths))
+    lines = [f"(over {num_queries} judged queries)", header, "-" * len(header)]
+    for name, means in results.items():
+        lines.append(f"{name:<{name_width}}  " + "  ".join(f"{means[m]:>{w}.4f}" for m, w in zip(metric_names, widths)))
+    return "\n".join(lines)
+
+
+def parse_run_names(specs: Sequence[str]) -> dict[str, str]:
+    """``["a.trec", "stage1=b.trec"]`` → ``{"a.trec": "a.trec", "stage1": "b.trec"}``."""
+    named = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        name, path = (name, path) if sep and name and path else (spec, spec)
+        if name in named:
+            raise ValueError(f"run name {name!r} given twice")
+        named[name] = path
+    return named
+
+
+def evaluate_one(qrels, run_path: str, metrics, per_query_output: bool) -> dict:
+    run = load_run(run_path)
+    per_query = evaluate(qrels, run, metrics, per_query=True)
+    judged_qids = next(iter(per_query.values())).keys()
+    summary = {
+        "run": run_path,
+        "num_judged_queries": len(judged_qids),
+        "num_run_queries": len(run),
+        "num_judged_missing_from_run": sum(1 for qid in judged_qids if qid not in run),
+        "metrics": mean_over_queries(per_query),
+    }
+    if per_query_output:
+        summary["per_query"] = per_query
+    return summary
+
+
 @main_wrapper
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     metrics = parse_metrics(args.metrics)  # before reading anything: a typo fails fast
+    runs = parse_run_names(args.run)
     qrels = load_qrels(args.qrels)
-    run = load_run(args.run)
-    per_query = evaluate(qrels, run, metrics, per_query=True)
-    means = mean_over_queries(per_query)
-    judged_qids = next(iter(per_query.values())).keys()
-    num_judged = len(judged_qids)
-    summary = {
-        "qrels": args.qrels,
-        "run": args.run,
-        "num_judged_queries": num_judged,
-        "num_run_queries": len(run),
-        "num_judged_missing_from_run": sum(1 for qid in judged_qids if qid not in run),
-        "metrics": means,
-    }
-    if args.per_query:
-        for name, values in per_query.items():
+    summaries = {name: evaluate_one(qrels, path, metrics, args.per_query) for name, path in runs.items()}
+    for name, summary in summaries.items():
+        prefix = f"{name}\t" if len(runs) > 1 else ""
+        for metric, values in summary.get("per_query", {}).items():
             for qid, value in values.items():
-                print(f"{name}\t{qid}\t{value:.4f}")
-        summary["per_query"] = per_query
-    print(format_table(means, num_judged))
-    if summary["num_judged_missing_from_run"]:
-        print(f"({summary['num_judged_missing_from_run']} judged queries are missing from the run and score 0)")
+                print(f"{prefix}{metric}\t{qid}\t{value:.4f}")
+    num_judged = next(iter(summaries.values()))["num_judged_queries"]
+    if len(runs) == 1:
+        summary = next(iter(summaries.values()))
+        print(format_table(summary["metrics"], num_judged))
+    else:
+        print(format_comparison({name: s["metrics"] for name, s in summaries.items()}, num_judged))
+    for name, summary in summaries.items():
+        if summary["num_judged_missing_from_run"]:
+            print(f"({name}: {summary['num_judged_missing_from_run']} judged queries are missing from the run and score 0)")
     if args.output:
-        write_json_atomic(args.output, summary)
+        payload = next(iter(summaries.values())) if len(runs) == 1 else {"runs": summaries}
+        write_json_atomic(args.output, {"qrels": args.qrels, **payload})
     return 0
 
 
