@@ -284,7 +284,7 @@ def scale_checkpoint(
     return output_path
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--input_model_path", required=True, help="Hugging Face T5 folder")
     parser.add_argument("--output_model_path", required=True, help="folder for the rescaled model")
@@ -297,7 +297,11 @@ def main(argv=None) -> int:
         action="store_true",
         help="leave layer_norm_epsilon unchanged as OpenMatch does (the function then changes slightly)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
         out = scale_checkpoint(

@@ -53,11 +53,13 @@ def device_of(infer_args) -> Optional[str]:
     return "cpu" if getattr(infer_args, "use_cpu", False) else None
 
 
+# The dataclasses this driver parses, in order (docs and tests import this tuple).
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, InferenceArguments, IndexArguments)
+
+
 @main_wrapper
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    model_args, data_args, infer_args, index_args = parse_args(
-        (ModelArguments, DataArguments, InferenceArguments, IndexArguments), argv
-    )
+    model_args, data_args, infer_args, index_args = parse_args(ARGUMENT_CLASSES, argv)
     init_distributed()
     rank, _ = dist_context()
     setup_logging(rank)

@@ -59,11 +59,13 @@ def check_compatible(model, manifest: dict, index_dir: str, allow_mismatch: bool
         )
 
 
+# The dataclasses this driver parses, in order (docs and tests import this tuple).
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, InferenceArguments, SearchArguments)
+
+
 @main_wrapper
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    model_args, data_args, infer_args, search_args = parse_args(
-        (ModelArguments, DataArguments, InferenceArguments, SearchArguments), argv
-    )
+    model_args, data_args, infer_args, search_args = parse_args(ARGUMENT_CLASSES, argv)
     rank, _ = dist_context()
     setup_logging(rank)
     if rank != 0:

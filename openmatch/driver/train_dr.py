@@ -24,6 +24,9 @@ from ._cli import main_wrapper
 
 logger = logging.getLogger("openmatch.train_dr")
 
+# The dataclasses this driver parses, in order (docs and tests import this tuple).
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, DRTrainingArguments)
+
 _RESUME_LAST = {"true", "last", "latest"}
 
 
@@ -84,7 +87,7 @@ def build_trainer(model_args, data_args, training_args, callbacks=None) -> DRTra
 
 @main_wrapper
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    model_args, data_args, training_args = parse_args((ModelArguments, DataArguments, DRTrainingArguments), argv)
+    model_args, data_args, training_args = parse_args(ARGUMENT_CLASSES, argv)
     setup_logging(training_args.process_index if training_args.world_size > 1 else 0)
     resume = resolve_resume(training_args)
     logger.info(

@@ -23,12 +23,16 @@ except ImportError:  # running from a checkout without `pip install -e .`
 from openmatch.preprocessing import add_common_arguments, build, config_from_args, iter_run_groups, run_cli
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hn_file", required=True, help="TREC run: qid Q0 pid rank score run_id")
     parser.add_argument("--depth", type=int, default=200, help="hits per query considered (by rank)")
     add_common_arguments(parser)
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None):

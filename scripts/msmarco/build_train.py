@@ -25,11 +25,15 @@ from openmatch.dataset.readers import count_lines
 from openmatch.preprocessing import add_common_arguments, build, config_from_args, iter_negatives_file, run_cli
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--negative_file", required=True, help="qid<TAB>neg1,neg2,... (train.negatives.tsv)")
     add_common_arguments(parser)
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None):
