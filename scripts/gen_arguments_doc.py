@@ -49,9 +49,18 @@ def _prose(text) -> str:
     return _cell(text).replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _type_name(field: dataclasses.Field) -> str:
-    name = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
-    return name.replace("typing.", "")
+def _type_name(cls, field: dataclasses.Field) -> str:
+    # From the class annotations, not ``field.type``: HfArgumentParser rewrites ``field.type`` in place
+    # (unwrapping Optional), so the output would depend on whether a parser was built before.
+    for klass in cls.__mro__:
+        annotation = klass.__dict__.get("__annotations__", {}).get(field.name)
+        if annotation is not None:
+            break
+    else:
+        annotation = field.type
+    if not isinstance(annotation, str):
+        annotation = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    return annotation.replace("typing.", "")
 
 
 def _default(field: dataclasses.Field) -> str:
@@ -78,12 +87,14 @@ def own_fields(cls) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if f.name in declared]
 
 
-def dataclass_table(fields, heading_note: str = "") -> list[str]:
+def dataclass_table(cls, fields=None) -> list[str]:
+    """A markdown table of ``fields`` (default: all fields) of the dataclass ``cls``."""
+    fields = dataclasses.fields(cls) if fields is None else fields
     lines = ["| flag | type | default | description |", "|---|---|---|---|"]
     for f in fields:
         if f.name.startswith("_") or not f.init:
             continue
-        lines.append(f"| `--{f.name}` | {_cell(_type_name(f))} | {_cell(_default(f))} | {_prose(_help(f))} |")
+        lines.append(f"| `--{f.name}` | {_cell(_type_name(cls, f))} | {_cell(_default(f))} | {_prose(_help(f))} |")
     return lines
 
 
@@ -142,13 +153,13 @@ def generate() -> str:
         "folder written by `train_dr` (it holds `openmatch_config.json`) decides its own architecture; the flags "
         "then only matter for a plain Hugging Face model.",
         "",
-        *dataclass_table(dataclasses.fields(ModelArguments)),
+        *dataclass_table(ModelArguments),
         "",
         "## DataArguments",
         "",
         _cell(DataArguments.__doc__.strip()) + " Used by `train_dr`, `build_index` and `retrieve`.",
         "",
-        *dataclass_table(dataclasses.fields(DataArguments)),
+        *dataclass_table(DataArguments),
         "",
         "## OpenMatchTrainingArguments",
         "",
@@ -156,19 +167,19 @@ def generate() -> str:
         "`InferenceArguments`: `--evaluation_strategy` sets `--eval_strategy`; `--logging_dir` sets "
         "`TENSORBOARD_LOGGING_DIR`; `--warmup_ratio` becomes a fractional `--warmup_steps`.",
         "",
-        *dataclass_table(own_fields(OpenMatchTrainingArguments)),
+        *dataclass_table(OpenMatchTrainingArguments, own_fields(OpenMatchTrainingArguments)),
         "",
         "## DRTrainingArguments",
         "",
         _cell(DRTrainingArguments.__doc__.strip()) + " Fields added to `OpenMatchTrainingArguments`:",
         "",
-        *dataclass_table(own_fields(DRTrainingArguments)),
+        *dataclass_table(DRTrainingArguments, own_fields(DRTrainingArguments)),
         "",
         "Everything else is Hugging Face's "
         "[`TrainingArguments`](https://huggingface.co/docs/transformers/main_classes/trainer#transformers.TrainingArguments) "
         f"(transformers {_major_minor()}). The stock flags the recipe uses, with their defaults:",
         "",
-        *dataclass_table([hf_fields[name] for name in RECIPE_HF_FIELDS if name in hf_fields]),
+        *dataclass_table(DRTrainingArguments, [hf_fields[name] for name in RECIPE_HF_FIELDS if name in hf_fields]),
         "",
         "## InferenceArguments",
         "",
@@ -176,19 +187,19 @@ def generate() -> str:
         "ones, `--per_device_eval_batch_size`, `--dataloader_num_workers`, `--fp16`, `--bf16` and `--use_cpu` "
         "are used):",
         "",
-        *dataclass_table(own_fields(InferenceArguments)),
+        *dataclass_table(InferenceArguments, own_fields(InferenceArguments)),
         "",
         "## IndexArguments",
         "",
         _cell(build_index.IndexArguments.__doc__.strip()) + " `build_index` only.",
         "",
-        *dataclass_table(dataclasses.fields(build_index.IndexArguments)),
+        *dataclass_table(build_index.IndexArguments),
         "",
         "## SearchArguments",
         "",
         _cell(retrieve.SearchArguments.__doc__.strip()) + " `retrieve` only.",
         "",
-        *dataclass_table(dataclasses.fields(retrieve.SearchArguments)),
+        *dataclass_table(retrieve.SearchArguments),
         "",
         "## python -m openmatch.driver.evaluate",
         "",
