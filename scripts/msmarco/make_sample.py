@@ -1,0 +1,82 @@
+"""Generate a small collection in MS MARCO (RocketQA) layout, for running the recipe without real data.
+
+    python scripts/msmarco/make_sample.py --output_dir work_dir/sample-marco [--passages 2000] [--seed 13]
+
+Each passage describes one invented animal of one place (what it eats, its colour, its size); a query asks
+about one of them. Negatives in the triples file share the animal or the place with the positive, like the
+lexical near-misses BM25 would return. Writes para.txt, para.title.txt, train.query.txt, dev.query.txt,
+qrels.train.tsv, qrels.dev.tsv and qidpidtriples.train.full.2.tsv (CRLF, as the official file), with passage
+ids that are not row numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+ANIMALS = ["otter", "heron", "lynx", "beetle", "salmon", "badger", "falcon", "gecko", "bison", "moth", "newt",
+           "walrus", "ibis", "marten", "tapir", "viper", "wren", "yak", "zebu", "koala"]
+PLACES = ["the northern fjords", "the salt marshes", "the high plateau", "the river delta", "the pine forest",
+          "the coral reef", "the desert basin", "the mangrove coast", "the alpine lakes", "the volcanic island",
+          "the tundra", "the cloud forest", "the limestone caves", "the open steppe", "the kelp beds"]
+FOODS = ["mussels", "berries", "beetles", "seeds", "small fish", "mosses", "lichens", "crayfish", "nectar",
+         "bark", "snails", "algae", "grubs", "roots", "frogs"]
+COLOURS = ["grey", "russet", "silver", "black", "ochre", "white", "olive", "brown", "copper", "slate"]
+SIZES = ["tiny", "small", "medium-sized", "large", "very large"]
+QUESTIONS = ["what does the {a} of {p} eat", "{a} {p} diet", "which food does the {a} from {p} prefer",
+             "what colour is the {a} of {p}", "how big is the {a} living in {p}"]
+
+
+def generate(output_dir: Path, passages: int, seed: int, negatives_per_query: int = 20) -> None:
+    rng = random.Random(seed)
+    pairs = [(a, p) for a in ANIMALS for p in PLACES]
+    rng.shuffle(pairs)
+    pairs = pairs[: min(passages, len(pairs))]
+    pids = rng.sample(range(10_000, 10_000 + 50 * len(pairs)), len(pairs))  # ids are not row numbers
+    docs = {}
+    for pid, (animal, place) in zip(pids, pairs):
+        food, colour, size = rng.choice(FOODS), rng.choice(COLOURS), rng.choice(SIZES)
+        title = f"The {animal} of {place}" if rng.random() > 0.1 else "-"
+        text = (f"The {animal} that lives in {place} is a {size} {colour} animal. It feeds mostly on {food}, "
+                f"and it is seldom seen far from {place}.")
+        docs[pid] = (animal, place, title, text)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / "para.txt", "w") as para, open(output_dir / "para.title.txt", "w") as titles:
+        for pid, (_, _, title, text) in docs.items():
+            para.write(f"{pid}\t{text}\n")
+            titles.write(f"{pid}\t{title}\n")
+    order = list(docs)
+    rng.shuffle(order)
+    split = int(len(order) * 0.8)
+    for name, chosen, qid_base in (("train", order[:split], 0), ("dev", order[split:], 100_000)):
+        with open(output_dir / f"{name}.query.txt", "w") as queries, open(output_dir / f"qrels.{name}.tsv", "w") as qrels:
+            for offset, pid in enumerate(chosen):
+                animal, place, _, _ = docs[pid]
+                qid = qid_base + offset
+                queries.write(f"{qid}\t{rng.choice(QUESTIONS).format(a=animal, p=place)}\n")
+                qrels.write(f"{qid}\t0\t{pid}\t1\n")
+    with open(output_dir / "qidpidtriples.train.full.2.tsv", "w", newline="") as triples:
+        for offset, pid in enumerate(order[:split]):
+            animal, place, _, _ = docs[pid]
+            near = [other for other, (a, p, _, _) in docs.items() if other != pid and (a == animal or p == place)]
+            for neg in rng.sample(near, min(negatives_per_query, len(near))):
+                triples.write(f"{offset}\t{pid}\t{neg}\r\n")
+    print(f"wrote {len(docs)} passages, {split} train and {len(order) - split} dev queries to {output_dir}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--passages", type=int, default=300, help="at most 300 (animals x places)")
+    parser.add_argument("--seed", type=int, default=13)
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    generate(Path(args.output_dir), args.passages, args.seed)
+
+
+if __name__ == "__main__":
+    main()
