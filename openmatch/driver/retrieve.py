@@ -51,7 +51,7 @@ def check_compatible(model, manifest: dict, index_dir: str, allow_mismatch: bool
         )
     if allow_mismatch:
         return
-    config = model.config.to_openmatch_json() if hasattr(model.config, "to_openmatch_json") else {}
+    config = model.config.encoding_json() if hasattr(model.config, "encoding_json") else {}
     if config != built.get("config", config) or model_fingerprint(model) != built["fingerprint"]:
         raise ValueError(
             f"the query encoder is not the model that built the index in {index_dir} (built with "

@@ -61,6 +61,16 @@ class DRModelConfig:
             "encoder_only": self.encoder_only,
         }
 
+    def encoding_json(self) -> dict[str, Any]:
+        """The fields that decide what a text's embedding is: everything but training-only settings.
+
+        Indexes record this, so a query encoder is checked against the index's model without tripping
+        over the loss temperature, which never changes an embedding.
+        """
+        config = self.to_openmatch_json()
+        config.pop("temperature", None)
+        return config
+
     @classmethod
     def from_openmatch_json(cls, data: dict[str, Any], source: str = "openmatch_config.json") -> "DRModelConfig":
         """Read our or OpenMatch's ``openmatch_config.json`` (OpenMatch's lacks the extra keys)."""
