@@ -3,7 +3,7 @@
     python scripts/msmarco/make_sample.py --output_dir work_dir/sample-marco [--passages 2000] [--seed 13]
 
 Each passage describes one invented animal of one place (what it eats, its colour, its size); a query asks
-about one of them. Negatives in the triples file share the animal or the place with the positive, like the
+about one of them by its place, colour or size and food (in other words). Negatives in the triples file share the animal or the place with the positive, like the
 lexical near-misses BM25 would return. Writes para.txt, para.title.txt, train.query.txt, dev.query.txt,
 qrels.train.tsv, qrels.dev.tsv and qidpidtriples.train.full.2.tsv (CRLF, as the official file), with passage
 ids that are not row numbers.
@@ -24,8 +24,14 @@ FOODS = ["mussels", "berries", "beetles", "seeds", "small fish", "mosses", "lich
          "bark", "snails", "algae", "grubs", "roots", "frogs"]
 COLOURS = ["grey", "russet", "silver", "black", "ochre", "white", "olive", "brown", "copper", "slate"]
 SIZES = ["tiny", "small", "medium-sized", "large", "very large"]
-QUESTIONS = ["what does the {a} of {p} eat", "{a} {p} diet", "which food does the {a} from {p} prefer",
-             "what colour is the {a} of {p}", "how big is the {a} living in {p}"]
+# Queries name the place and two attributes but never the animal, and use other words for the food, so
+# passages of the same place are hard negatives and a model has something to learn.
+FOOD_WORDS = {"mussels": "shellfish", "berries": "fruit", "beetles": "insects", "seeds": "grain",
+              "small fish": "fish", "mosses": "moss", "lichens": "lichen", "crayfish": "crustaceans",
+              "nectar": "flower juice", "bark": "tree bark", "snails": "molluscs", "algae": "seaweed",
+              "grubs": "larvae", "roots": "tubers", "frogs": "amphibians"}
+QUESTIONS = ["{s} {c} creature of {p} that eats {f}", "which {c} animal in {p} lives on {f}",
+             "{p} animal, {s}, diet of {f}", "what {s} animal from {p} feeds on {f}"]
 
 
 def generate(output_dir: Path, passages: int, seed: int, negatives_per_query: int = 20) -> None:
@@ -40,10 +46,10 @@ def generate(output_dir: Path, passages: int, seed: int, negatives_per_query: in
         title = f"The {animal} of {place}" if rng.random() > 0.1 else "-"
         text = (f"The {animal} that lives in {place} is a {size} {colour} animal. It feeds mostly on {food}, "
                 f"and it is seldom seen far from {place}.")
-        docs[pid] = (animal, place, title, text)
+        docs[pid] = (animal, place, title, text, food, colour, size)
     output_dir.mkdir(parents=True, exist_ok=True)
     with open(output_dir / "para.txt", "w") as para, open(output_dir / "para.title.txt", "w") as titles:
-        for pid, (_, _, title, text) in docs.items():
+        for pid, (_, _, title, text, *_) in docs.items():
             para.write(f"{pid}\t{text}\n")
             titles.write(f"{pid}\t{title}\n")
     order = list(docs)
@@ -52,14 +58,15 @@ def generate(output_dir: Path, passages: int, seed: int, negatives_per_query: in
     for name, chosen, qid_base in (("train", order[:split], 0), ("dev", order[split:], 100_000)):
         with open(output_dir / f"{name}.query.txt", "w") as queries, open(output_dir / f"qrels.{name}.tsv", "w") as qrels:
             for offset, pid in enumerate(chosen):
-                animal, place, _, _ = docs[pid]
+                _, place, _, _, food, colour, size = docs[pid]
                 qid = qid_base + offset
-                queries.write(f"{qid}\t{rng.choice(QUESTIONS).format(a=animal, p=place)}\n")
+                question = rng.choice(QUESTIONS).format(p=place, f=FOOD_WORDS[food], c=colour, s=size)
+                queries.write(f"{qid}\t{question}\n")
                 qrels.write(f"{qid}\t0\t{pid}\t1\n")
     with open(output_dir / "qidpidtriples.train.full.2.tsv", "w", newline="") as triples:
         for offset, pid in enumerate(order[:split]):
-            animal, place, _, _ = docs[pid]
-            near = [other for other, (a, p, _, _) in docs.items() if other != pid and (a == animal or p == place)]
+            animal, place, *_ = docs[pid]
+            near = [other for other, (a, p, *_) in docs.items() if other != pid and (a == animal or p == place)]
             for neg in rng.sample(near, min(negatives_per_query, len(near))):
                 triples.write(f"{offset}\t{pid}\t{neg}\r\n")
     print(f"wrote {len(docs)} passages, {split} train and {len(order) - split} dev queries to {output_dir}")
