@@ -277,3 +277,22 @@ def test_tiny_models_learn_a_synthetic_retrieval_task(tmp_path, request, name, m
     scalars = read_scalars(logdir)
     assert {"train/loss", "train/learning_rate", "eval/loss", "eval/mrr@10", "eval/recall@10", "eval/recall@100"} <= set(scalars)
     assert len(scalars["eval/mrr@10"]) >= 4
+
+
+def test_grad_cache_under_bf16_autocast(tmp_path, tiny_bert, bert_task):
+    model_dir = no_dropout(tiny_bert, tmp_path)
+    plain = make_trainer(tmp_path / "a", model_dir, bert_task[0], "--bf16", "--use_cpu")
+    cached = make_trainer(tmp_path / "b", model_dir, bert_task[0], "--bf16", "--use_cpu", "--grad_cache",
+                          "--gc_q_chunk_size", "2", "--gc_p_chunk_size", "6")
+    batch = plain.data_collator([plain.train_dataset[i] for i in range(6)])
+    results = []
+    for trainer in (plain, cached):
+        trainer.current_gradient_accumulation_steps = 1
+        trainer.model.zero_grad()
+        with trainer.accelerator.autocast():  # what accelerate wraps the prepared model's forward in
+            loss = trainer.training_step(trainer.model, batch)
+        results.append((loss, grads(trainer.model)))
+    (loss_plain, want), (loss_cached, got) = results
+    assert loss_cached.item() == pytest.approx(loss_plain.item(), rel=2e-2)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=5e-2, atol=5e-3)
