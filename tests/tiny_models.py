@@ -96,3 +96,51 @@ def build_tiny_t5(out_dir: str | os.PathLike, seed: int = 0, d_model: int = 32, 
     torch.manual_seed(seed)
     T5Model(config).save_pretrained(out_dir)
     return out_dir
+
+
+def build_fixed_vocab_bert_tokenizer(out_dir: str | os.PathLike, texts: list[str]):
+    """A BERT tokenizer whose vocabulary is a pure function of ``texts``: the special tokens, then every
+    character (alone and as ``##`` continuation), then every whole word, each group sorted.
+
+    ``build_bert_tokenizer`` trains WordPiece, whose token ids change from run to run (the trainer's hash
+    maps are randomly seeded), so a model built on it is not reproducible across processes; regression
+    scores need this one.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words = {w for text in texts for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))}
+    chars = sorted({c for w in words for c in w})
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokens = specials + chars + [f"##{c}" for c in chars] + sorted(words - set(chars))
+    tok = Tokenizer(models.WordPiece(vocab={t: i for i, t in enumerate(tokens)}, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tok.decoder = decoders.WordPiece()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]"
+    )
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def build_reproducible_tiny_bert(out_dir: str | os.PathLike, texts: list[str], seed: int = 0, hidden: int = 32) -> Path:
+    """Like ``build_tiny_bert`` but byte-identical for the same ``texts`` and ``seed`` in any process
+    (vocabulary from ``build_fixed_vocab_bert_tokenizer``)."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    out_dir = Path(out_dir)
+    tokenizer = build_fixed_vocab_bert_tokenizer(out_dir, texts)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=hidden * 2, max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(out_dir)
+    return out_dir
