@@ -133,10 +133,15 @@ def run_variant(args) -> dict:
         return loss.detach()
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    first_loss = None
+    # Same math check: the first batch's loss without dropout (dropout masks depend on the padded shape).
+    model.eval()
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+        q0, p0 = batches[0]
+        first_loss = float(loss_fn(model.encode_query(collate(q0, args.q_max_len)).float(),
+                                   model.encode_passage(collate(p0, args.p_max_len)).float()))
+    model.train()
     for q, p in batches[: args.warmup]:
-        loss = step(q, p)
-        first_loss = float(loss) if first_loss is None else first_loss
+        step(q, p)
     sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -74,7 +74,8 @@ class DRTrainer(Trainer):
         )
         self._retrieval: Optional[RetrievalValidation] = None
         self._retrieval_source = None
-        self._ks = parse_ks(self.args.eval_retrieval_k)
+        # An empty --eval_retrieval_k switches the retrieval metrics off (validation loss only, as OpenMatch).
+        self._ks = parse_ks(self.args.eval_retrieval_k) if self.args.eval_retrieval_k else []
 
     # ------------------------------------------------------------------ loss and step
     @property
@@ -121,12 +122,13 @@ class DRTrainer(Trainer):
                         metric_key_prefix="eval"):
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         dataset = dataloader.dataset
-        if hasattr(dataset, "raw") and self.args.eval_retrieval_k:
+        if hasattr(dataset, "raw") and self._ks:
             if self._retrieval is None or self._retrieval_source is not dataset:
                 self._retrieval, self._retrieval_source = RetrievalValidation(dataset, self._ks), dataset
             model = self.accelerator.unwrap_model(self.model)
             metrics = self._retrieval.run(
-                model, self.args.per_device_eval_batch_size, self.args.device, autocast=self.accelerator.autocast
+                model, self.args.per_device_eval_batch_size, self.args.device, autocast=self.accelerator.autocast,
+                show_progress=not self.args.disable_tqdm,
             )
             output.metrics.update({f"{metric_key_prefix}_{name}": value for name, value in metrics.items()})
         return output

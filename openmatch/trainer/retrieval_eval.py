@@ -55,14 +55,17 @@ class RetrievalValidation:
         return [f"mrr@{self.ks[0]}"] + [f"recall@{k}" for k in self.ks]
 
     def _encode(self, sequences: list[list[int]], encode: Callable[[dict], Tensor], batch_size: int,
-                device, autocast: Callable[[], ContextManager]) -> Tensor:
+                device, autocast: Callable[[], ContextManager], desc: str = "", show_progress: bool = False) -> Tensor:
+        from tqdm.auto import tqdm
+
         rank, world = dist_context()
         block = -(-len(sequences) // world)
         mine = list(range(rank * block, min((rank + 1) * block, len(sequences))))
         # Length-sorted batches pad little; results go back to their original rows.
         order = sorted(mine, key=lambda i: len(sequences[i]))
         reps = None
-        for start in range(0, len(order), batch_size):
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=not show_progress or rank != 0):
             rows = order[start : start + batch_size]
             batch = {k: v.to(device) for k, v in pad_batch([sequences[i] for i in rows], self.pad_id).items()}
             with autocast():
@@ -83,8 +86,10 @@ class RetrievalValidation:
         was_training = model.training
         model.eval()
         try:
-            q_reps = self._encode(self.queries, model.encode_query, batch_size, device, autocast)
-            p_reps = self._encode(self.pool, model.encode_passage, batch_size, device, autocast)
+            q_reps = self._encode(self.queries, model.encode_query, batch_size, device, autocast,
+                                  "validation queries", show_progress)
+            p_reps = self._encode(self.pool, model.encode_passage, batch_size, device, autocast,
+                                  f"validation pool ({len(self.pool)} passages)", show_progress)
         finally:
             model.train(was_training)
         depth = min(max(self.ks), p_reps.size(0))
