@@ -136,6 +136,8 @@ class OpenMatchTrainingArguments(TrainingArguments):
             # accelerate only forms a multi-process CPU group (gloo) when told the run is on CPU; otherwise each
             # process of a torchrun / torch.distributed.launch job would silently train alone.
             self.use_cpu = True
+        if self.dataloader_pin_memory and not _has_accelerator():
+            self.dataloader_pin_memory = False  # pinning needs an accelerator; torch warns on every loader
         super().__post_init__()
 
 

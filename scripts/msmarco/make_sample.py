@@ -1,6 +1,6 @@
 """Generate a small collection in MS MARCO (RocketQA) layout, for running the recipe without real data.
 
-    python scripts/msmarco/make_sample.py --output_dir work_dir/sample-marco [--passages 2000] [--seed 13]
+    python scripts/msmarco/make_sample.py --output_dir work_dir/sample-marco [--passages 300] [--seed 13]
 
 Each passage describes one invented animal of one place (what it eats, its colour, its size); a query asks
 about one of them by its place, colour or size and food (in other words). Negatives in the triples file share the animal or the place with the positive, like the
