@@ -69,7 +69,6 @@ class Recipe:
         self.ckpt = self.vars["CHECKPOINT_DIR"] / "msmarco"
         self.emb = self.vars["EMBEDDING_DIR"] / "msmarco"
         self.results = self.vars["RESULT_DIR"] / "marco"
-        self.log = []
         bindir = os.path.dirname(sys.executable)  # `python` in the blocks is this interpreter
         self.env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1",
                         TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO), PATH=f"{bindir}:{os.environ['PATH']}",
@@ -78,7 +77,6 @@ class Recipe:
     def bash(self, script: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess:
         proc = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], cwd=cwd, env=self.env,
                               capture_output=True, text=True, timeout=timeout)
-        self.log.append((script, proc))
         assert proc.returncode == 0, f"{script}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-5000:]}"
         return proc
 
