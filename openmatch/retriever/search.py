@@ -63,18 +63,73 @@ class EmbeddingIndex:
     def lookup_ids(self, indices: np.ndarray) -> dict[int, str]:
         """``{global_index: id}`` for the given indices, reading the id files once (no full id table in memory)."""
         wanted = np.unique(indices[indices >= 0])
-        out: dict[int, str] = {}
+        return dict(zip(wanted.tolist(), self.ids_of(wanted).tolist()))
+
+    def ids_of(self, indices: np.ndarray) -> np.ndarray:
+        """An object array shaped like ``indices`` holding the id of each global index (``None`` for -1).
+
+        Each needed id file is read once, in chunks of ``_ID_CHUNK_CHARS`` characters, so memory holds a
+        chunk of one shard's ids, never the whole id table; the hits are found with one sort instead of a
+        Python test per line or per hit.
+        """
+        indices = np.asarray(indices)
+        out = np.full(indices.shape, None, dtype=object)
+        flat = indices.reshape(-1)
+        rows = np.flatnonzero(flat >= 0)
+        if not len(rows):
+            return out
+        if int(flat[rows].max()) >= self.total:
+            raise IndexError(f"index {int(flat[rows].max())} is beyond the {self.total} passages of {self.index_dir}")
+        order = rows[np.argsort(flat[rows], kind="stable")]
+        targets = flat[order]  # ascending global indices (repeats allowed)
+        names = np.empty(len(order), dtype=object)
         for shard, offset in zip(self.shards, self.offsets):
-            end = offset + shard["count"]
-            lo, hi = np.searchsorted(wanted, [offset, end])
-            if lo == hi:
-                continue
-            targets = set(int(x) for x in wanted[lo:hi])
-            with open(os.path.join(self.index_dir, shard["ids"]), encoding="utf-8") as handle:
-                for row, line in enumerate(handle):
-                    if offset + row in targets:
-                        out[int(offset + row)] = line.rstrip("\n")
+            lo, hi = np.searchsorted(targets, [offset, offset + shard["count"]])
+            if lo < hi:
+                names[lo:hi] = self._read_ids(shard, targets[lo:hi] - offset)
+        out.reshape(-1)[order] = names
         return out
+
+    def _read_ids(self, shard: dict, local: np.ndarray) -> list[str]:
+        """The ids at the ascending row numbers ``local`` of one shard."""
+        path = os.path.join(self.index_dir, shard["ids"])
+        found: list[str] = []
+        start, pos = 0, 0
+        for lines in _id_chunks(path):
+            end = start + len(lines)
+            stop = int(np.searchsorted(local, end, side="left"))
+            if stop > pos:
+                pick = (local[pos:stop] - start).tolist()
+                found.extend([lines[i] for i in pick])
+                pos = stop
+            start = end
+            if pos == len(local):
+                break
+        if pos < len(local):
+            raise IndexFolderError(f"{path}: holds {start} ids, the manifest says {shard['count']}")
+        return found
+
+
+_ID_CHUNK_CHARS = 1 << 24
+
+
+def _id_chunks(path: str) -> Iterator[list[str]]:
+    """Lists of consecutive lines (without their newline) of an id file, a bounded chunk at a time."""
+    with open(path, encoding="utf-8") as handle:
+        rest = ""
+        while True:
+            data = handle.read(_ID_CHUNK_CHARS)
+            if not data:
+                break
+            data = rest + data
+            cut = data.rfind("\n")
+            if cut < 0:
+                rest = data
+                continue
+            rest = data[cut + 1 :]
+            yield data[:cut].split("\n")
+        if rest:
+            yield [rest]
 
 
 def merge_topk(
@@ -241,8 +296,17 @@ def search_index(
     if len(query_ids) != len(query_embeddings):
         raise ValueError(f"{len(query_ids)} query ids for {len(query_embeddings)} query embeddings")
     scores, idx = search_embeddings(index, query_embeddings, options)
-    names = index.lookup_ids(idx)
+    names = index.ids_of(idx).tolist()
+    score_rows = scores.tolist()
+    valid = idx >= 0
+    # Missing hits sort last in both search paths, so a row's hits are a prefix; checked, not assumed.
+    counts = valid.sum(axis=1)
+    prefix = valid[np.arange(valid.shape[1]) < counts[:, None]].all() if valid.size else True
     results: dict[str, list[tuple[str, float]]] = {}
-    for row, qid in enumerate(query_ids):
-        results[qid] = [(names[int(i)], float(s)) for s, i in zip(scores[row], idx[row]) if i >= 0]
+    if prefix:
+        for qid, row_names, row_scores, n in zip(query_ids, names, score_rows, counts.tolist()):
+            results[qid] = list(zip(row_names[:n], row_scores[:n]))
+    else:
+        for qid, row_names, row_scores, row_valid in zip(query_ids, names, score_rows, valid.tolist()):
+            results[qid] = [(n, s) for n, s, v in zip(row_names, row_scores, row_valid) if v]
     return results
