@@ -25,43 +25,25 @@ def _training_text(extra: list[str] | None = None) -> list[str]:
 
 
 def build_bert_tokenizer(out_dir: str | os.PathLike, extra_text: list[str] | None = None):
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(_training_text(extra_text), trainers.WordPieceTrainer(vocab_size=2000, special_tokens=specials))
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
-    )
-    from tokenizers import decoders
-
-    tok.decoder = decoders.WordPiece()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]"
-    )
-    fast.save_pretrained(out_dir)
-    return fast
+    """A WordPiece tokenizer over the synthetic vocabulary; the same token ids in every process."""
+    return build_fixed_vocab_bert_tokenizer(out_dir, _training_text(extra_text))
 
 
 def build_t5_tokenizer(out_dir: str | os.PathLike, extra_text: list[str] | None = None):
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A Unigram (sentencepiece-style) tokenizer with T5's special ids: pad 0 (also the decoder start),
+    eos 1, unk 2. Its vocabulary is a pure function of the text (no trainer, whose ids vary by run):
+    whole words score above single characters, so known words stay one token."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<pad>", "</s>", "<unk>"]  # T5's ids: pad 0 (also the decoder start), eos 1, unk 2
-    tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    tok.train_from_iterator(
-        _training_text(extra_text), trainers.UnigramTrainer(vocab_size=2000, special_tokens=specials, unk_token="<unk>")
-    )
-    tok.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
-    )
+    normalizer, pre_tokenizer = normalizers.Lowercase(), pre_tokenizers.Metaspace()
+    words = sorted({w for text in _training_text(extra_text) for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))})
+    chars = sorted({c for w in words for c in w})
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [(w, -5.0) for w in words] + [(c, -20.0) for c in chars if c not in words]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.Metaspace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="</s>")
     fast.save_pretrained(out_dir)
     return fast
