@@ -50,11 +50,14 @@ def build_t5_tokenizer(out_dir: str | os.PathLike, extra_text: list[str] | None 
 
 
 def build_tiny_bert(out_dir: str | os.PathLike, seed: int = 0, hidden: int = 32, extra_text=None) -> Path:
+    """A 2-layer BERT over the synthetic vocabulary (plus the words of ``extra_text``)."""
+    return _save_tiny_bert(Path(out_dir), build_bert_tokenizer(out_dir, extra_text), seed, hidden)
+
+
+def _save_tiny_bert(out_dir: Path, tokenizer, seed: int, hidden: int) -> Path:
     import torch
     from transformers import BertConfig, BertModel
 
-    out_dir = Path(out_dir)
-    tokenizer = build_bert_tokenizer(out_dir, extra_text)
     config = BertConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=hidden * 2, max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
@@ -84,9 +87,8 @@ def build_fixed_vocab_bert_tokenizer(out_dir: str | os.PathLike, texts: list[str
     """A BERT tokenizer whose vocabulary is a pure function of ``texts``: the special tokens, then every
     character (alone and as ``##`` continuation), then every whole word, each group sorted.
 
-    ``build_bert_tokenizer`` trains WordPiece, whose token ids change from run to run (the trainer's hash
-    maps are randomly seeded), so a model built on it is not reproducible across processes; regression
-    scores need this one.
+    Trained WordPiece vocabularies change from run to run (the trainer's hash maps are randomly seeded), so
+    a model built on one is not reproducible across processes.
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
@@ -112,17 +114,6 @@ def build_fixed_vocab_bert_tokenizer(out_dir: str | os.PathLike, texts: list[str
 
 
 def build_reproducible_tiny_bert(out_dir: str | os.PathLike, texts: list[str], seed: int = 0, hidden: int = 32) -> Path:
-    """Like ``build_tiny_bert`` but byte-identical for the same ``texts`` and ``seed`` in any process
-    (vocabulary from ``build_fixed_vocab_bert_tokenizer``)."""
-    import torch
-    from transformers import BertConfig, BertModel
-
-    out_dir = Path(out_dir)
-    tokenizer = build_fixed_vocab_bert_tokenizer(out_dir, texts)
-    config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=hidden * 2, max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    BertModel(config).save_pretrained(out_dir)
-    return out_dir
+    """A tiny BERT whose vocabulary is exactly the words of ``texts``: byte-identical for the same ``texts``
+    and ``seed`` in any process."""
+    return _save_tiny_bert(Path(out_dir), build_fixed_vocab_bert_tokenizer(out_dir, texts), seed, hidden)
