@@ -149,4 +149,5 @@ cat <<EOF
   TREC runs               $RESULT_DIR/*.trec
   metrics                 $RESULT_DIR/dev.metrics.json
   TensorBoard logs        tensorboard --logdir $LOG_DIR
+  regression check        OPENMATCH_RECIPE_METRICS=$RESULT_DIR/dev.metrics.json $PY -m pytest -q tests/test_regression.py
 EOF
