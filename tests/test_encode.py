@@ -186,3 +186,16 @@ def test_driver_flags_and_float16(tiny_bert, corpus, tmp_path, capsys):
     with pytest.raises(SystemExit):
         build_index.main(args[:4] + ["--corpus_path", str(tmp_path / "missing.tsv")])
     assert "missing.tsv" in capsys.readouterr().err
+
+
+def test_query_encoder_check_ignores_the_loss_temperature(model_tok, corpus, tmp_path, tiny_bert):
+    """A checkpoint loaded without the --temperature it was trained with still searches its own index
+    (temperature never changes an embedding); a different pooling is refused."""
+    from openmatch.driver.retrieve import check_compatible
+
+    manifest = build(model_tok, corpus, tmp_path / "idx")
+    same_weights_other_temperature, _ = api.load_model(tiny_bert, pooling="mean", normalize=False, temperature=0.05)
+    check_compatible(same_weights_other_temperature, manifest, str(tmp_path / "idx"))
+    other_pooling, _ = api.load_model(tiny_bert, pooling="first", normalize=False)
+    with pytest.raises(ValueError, match="not the model that built the index"):
+        check_compatible(other_pooling, manifest, str(tmp_path / "idx"))
