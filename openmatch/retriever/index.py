@@ -261,6 +261,14 @@ def find_duplicate(path: str, column_names, rid: str) -> DataFormatError:
     return DataFormatError(path, None, f"id {rid!r} repeated")
 
 
+def _raise_unless_all_ok(error: BaseException | None, other_rank_failed: str) -> None:
+    """Agree across ranks on success; re-raise this rank's error, or report another rank's failure."""
+    if not _all_ok(error is None):
+        if error is not None:
+            raise error
+        raise RuntimeError(other_rank_failed)
+
+
 def _all_ok(ok: bool) -> bool:
     """Whether every rank succeeded (True when not distributed); lets the others stop instead of hanging."""
     import torch.distributed as dist
@@ -356,10 +364,7 @@ def build_index(model, tokenizer, options: BuildOptions, model_path: str = "") -
             _encode_rank(model, tokenizer, options, precision, template, rank, world_size, shard_size, done)
     except BaseException as err:
         error = err
-    if not _all_ok(error is None):
-        if error is not None:
-            raise error
-        raise RuntimeError("another rank failed while encoding; see its log")
+    _raise_unless_all_ok(error, "another rank failed while encoding; see its log")
 
     manifest, error = None, None
     if rank == 0:
@@ -367,10 +372,7 @@ def build_index(model, tokenizer, options: BuildOptions, model_path: str = "") -
             manifest = _finalize(out, spec, options, world_size, shard_size)
         except BaseException as err:
             error = err
-    if not _all_ok(error is None):
-        if error is not None:
-            raise error
-        raise RuntimeError("rank 0 failed to finalise the index; see its log")
+    _raise_unless_all_ok(error, "rank 0 failed to finalise the index; see its log")
     if rank != 0:
         manifest = load_manifest(out)
     return manifest
