@@ -46,6 +46,11 @@ def build_model_folder(name: str, workdir: Path) -> str:
         from tiny_models import build_tiny_bert
 
         return str(build_tiny_bert(workdir / "tiny", hidden=128))
+    if name == "tiny-t5":
+        sys.path.insert(0, str(REPO / "tests"))
+        from tiny_models import build_tiny_t5
+
+        return str(build_tiny_t5(workdir / "tiny-t5"))
     if name == "t5-base-shape":
         import torch
         from transformers import T5Config, T5Model
@@ -64,18 +69,36 @@ def build_model_folder(name: str, workdir: Path) -> str:
     return name
 
 
+def synthetic_texts(n_queries: int, n_passages: int, seed: int = 0) -> tuple[list[str], list[dict]]:
+    """MS MARCO-length queries (~6 words) and passages (~56 words) in the test tokenizers' words (no data needed)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from tiny_models import synthetic_words
+
+    rng = random.Random(seed)
+    words = synthetic_words(1500)
+
+    def text(mean):
+        return " ".join(rng.choices(words, k=max(2, int(rng.gauss(mean, mean / 3)))))
+
+    return [text(6) for _ in range(n_queries)], [{"title": text(4), "text": text(56)} for _ in range(n_passages)]
+
+
 def real_batches(tokenizer, n_batches: int, batch_size: int, n_passages: int, q_max_len: int, p_max_len: int,
-                 seed: int = 0):
-    """Batches of SciFact claims and abstracts, tokenised without special tokens then wrapped (build_train's way)."""
+                 seed: int = 0, synthetic: bool = False):
+    """Batches of SciFact claims and abstracts (or :func:`synthetic_texts`), tokenised without special tokens
+    then wrapped (build_train's way)."""
     from openmatch.dataset.tokenization import SpecialTokenLayout
 
     layout = SpecialTokenLayout(tokenizer)
-    with open(DATA / "queries.jsonl") as handle:
-        queries = [json.loads(line)["text"] for line in handle]
-    with gzip.open(DATA / "corpus.jsonl.gz", "rt") as handle:
-        docs = [json.loads(line) for line in handle]
-    rng = random.Random(seed)
     need_q, need_p = n_batches * batch_size, n_batches * batch_size * n_passages
+    if synthetic:
+        queries, docs = synthetic_texts(need_q, need_p, seed)
+    else:
+        with open(DATA / "queries.jsonl") as handle:
+            queries = [json.loads(line)["text"] for line in handle]
+        with gzip.open(DATA / "corpus.jsonl.gz", "rt") as handle:
+            docs = [json.loads(line) for line in handle]
+    rng = random.Random(seed)
     q_texts = rng.sample(queries, need_q)
     p_texts = [f"Title: {d.get('title', '')} Text: {d.get('text', '')}" for d in rng.sample(docs, need_p)]
     q_ids = tokenizer(q_texts, add_special_tokens=False, truncation=True, max_length=q_max_len)["input_ids"]
@@ -99,7 +122,7 @@ def run_variant(args) -> dict:
     model = DRModel.build(ModelArguments(model_name_or_path=args.model_dir, pooling=args.pooling)).to(device).train()
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     batches, layout = real_batches(tokenizer, args.warmup + args.steps, args.batch_size, args.n_passages,
-                                   args.q_max_len, args.p_max_len)
+                                   args.q_max_len, args.p_max_len, synthetic=args.synthetic)
     reference = args.variant == "reference"
     use_amp = device.type == "cuda"
     if device.type == "cuda":
@@ -160,7 +183,7 @@ def run_variant(args) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="minilm", help="minilm | tiny | t5-base-shape | a model folder")
+    parser.add_argument("--model", default="minilm", help="minilm | tiny | tiny-t5 | t5-base-shape | a model folder")
     parser.add_argument("--pooling", default=None, help="pooling for encoder models (default: mean for minilm)")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--n_passages", type=int, default=8)
@@ -169,6 +192,7 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--cpu", action="store_true", help="run on CPU even if a GPU is present")
+    parser.add_argument("--synthetic", action="store_true", help="synthetic MS MARCO-length text instead of SciFact")
     parser.add_argument("--variant", choices=["ours", "reference"], help=argparse.SUPPRESS)
     parser.add_argument("--model_dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -179,16 +203,16 @@ def main():
         print("RESULT " + json.dumps(run_variant(args)), flush=True)
         return
 
-    if not (DATA / "corpus.jsonl.gz").exists():
+    if not args.synthetic and not (DATA / "corpus.jsonl.gz").exists():
         sys.exit(f"error: SciFact not found at {DATA} (set OPENMATCH_SHARED_DATA)")
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model_folder(args.model, Path(tmp))
         results = []
         passthrough = [f"--{k}={v}" for k, v in vars(args).items()
-                       if k not in ("variant", "model_dir", "cpu", "model") and v is not None]
+                       if k not in ("variant", "model_dir", "cpu", "model", "synthetic") and v is not None]
         for variant in ("reference", "ours"):
             cmd = [sys.executable, __file__, f"--variant={variant}", f"--model_dir={model_dir}",
-                   f"--model={args.model}", *passthrough] + (["--cpu"] if args.cpu else [])
+                   f"--model={args.model}", *passthrough] + (["--cpu"] if args.cpu else []) + (["--synthetic"] if args.synthetic else [])
             proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
             lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
             if proc.returncode or not lines:
