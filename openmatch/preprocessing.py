@@ -25,6 +25,13 @@ tokenise, each distinct passage once per run (an LRU cache of token ids; queries
 
 Skippable problems (a negative missing from the collection, a query without judgments, ...) are counted
 and reported once at the end with a few examples; malformed files stop the run with ``path:line: what``.
+
+Empty texts: a query or passage whose filled template has no token (an empty or blank field under
+``<text>``, or characters the tokenizer drops, such as a zero-width space) would be written as ``[]``,
+which the training loader rejects. They are skipped here and counted: an empty query skips its query, an
+empty positive is left out (the query is dropped when no positive is left), an empty negative candidate is
+skipped. A blank text is known before tokenising, so it never enters the negative draw; a text that only
+tokenises to nothing (rare) is found after the draw and dropped, leaving that query one negative fewer.
 """
 
 from __future__ import annotations
@@ -201,9 +208,12 @@ def _top(hits: list[tuple[int, int, str]], depth: int) -> list[str]:
 _WARNINGS = {
     "no_judgments": "queries in {source} without any relevant judgment were skipped",
     "query_missing": "judged queries missing from {queries} were skipped",
+    "empty_query": "queries were skipped because their text is empty (no token after template and tokeniser)",
     "positive_missing": "positives missing from {collection} were left out",
-    "no_positive_left": "queries were dropped because none of their positives is in {collection}",
+    "empty_positive": "empty positives (no token after template and tokeniser) were left out",
+    "no_positive_left": "queries were dropped because no positive was left (missing from {collection} or empty)",
     "negative_missing": "negative candidates missing from {collection} were skipped",
+    "empty_negative": "empty negative candidates (no token after template and tokeniser) were skipped",
     "few_candidates": "queries had fewer than {n_sample} negative candidates; all of them were taken",
     "no_negatives": "queries were dropped because no negative candidate was left",
     "duplicate_query": "repeated query blocks in {source} were skipped (the first one was used)",
@@ -288,12 +298,19 @@ class ExampleBuilder:
         if qid not in self.queries:
             stats.add("query_missing", qid)
             return None
+        # Texts are stored filled and stripped, so "" is exactly a blank text: it has no token whatever the
+        # tokenizer, and is left out here, before the negative draw, instead of being tokenised.
+        if not self.queries[qid]:
+            stats.add("empty_query", qid)
+            return None
         positives = []
         for pid in judged:
-            if pid in self.collection:
-                positives.append(pid)
-            else:
+            if pid not in self.collection:
                 stats.add("positive_missing", f"{qid}:{pid}")
+            elif not self.collection[pid]:
+                stats.add("empty_positive", f"{qid}:{pid}")
+            else:
+                positives.append(pid)
         if not positives:
             stats.add("no_positive_left", qid)
             return None
@@ -305,12 +322,13 @@ class ExampleBuilder:
             if pid not in self.collection:
                 stats.add("negative_missing", pid)
                 continue
+            if not self.collection[pid]:
+                stats.add("empty_negative", pid)
+                continue
             pool.append(pid)
         if not pool:
             stats.add("no_negatives", qid)
             return None
-        if len(pool) < self.config.n_sample:
-            stats.add("few_candidates", f"{qid} ({len(pool)})")
         return qid, positives, sample_negatives(qid, pool, self.config.seed, self.config.n_sample)
 
     def build_chunk(self, chunk: list[tuple[int, str, list[str]]]) -> tuple[list[str], "Stats", int]:
@@ -321,6 +339,23 @@ class ExampleBuilder:
         self._fill_cache({pid: None for _, pos, neg in plans for pid in (*pos, *neg)})
         lines, slots = [], 0
         for (qid, positives, negatives), q_ids in zip(plans, query_ids):
+            # Non-blank texts can still tokenise to nothing (e.g. only a zero-width space): never write "[]".
+            if not q_ids:
+                stats.add("empty_query", qid)
+                continue
+            positives = self._drop_empty(positives, stats, "empty_positive", lambda pid: f"{qid}:{pid}")
+            if not positives:
+                stats.add("no_positive_left", qid)
+                continue
+            # The draw took every candidate exactly when there were fewer than n_sample (counted for written
+            # queries only).
+            few = len(negatives) < cfg.n_sample
+            negatives = self._drop_empty(negatives, stats, "empty_negative", str)
+            if not negatives:
+                stats.add("no_negatives", qid)
+                continue
+            if few:
+                stats.add("few_candidates", f"{qid} ({len(negatives)})")
             slots += len(positives) + len(negatives)
             lines.append(
                 '{"query":' + ids_json(q_ids)
@@ -328,6 +363,15 @@ class ExampleBuilder:
                 + '],"negatives":[' + ",".join(self.cache[pid] for pid in negatives) + "]}\n"
             )
         return lines, stats, slots
+
+    def _drop_empty(self, pids: list[str], stats: "Stats", key: str, example: Callable[[str], str]) -> list[str]:
+        kept = []
+        for pid in pids:
+            if self.cache[pid] == "[]":
+                stats.add(key, example(pid))
+            else:
+                kept.append(pid)
+        return kept
 
     def _fill_cache(self, needed: dict) -> None:
         missing = [pid for pid in needed if pid not in self.cache]
@@ -552,9 +596,12 @@ def build(
         logger.warning(message)
     shards = [writer.name(i).name for i in range(writer.shards)]
     merge_glob = "split*[0-9].jsonl" if config.shard_suffix == ".jsonl" else f"split*{config.shard_suffix}"
+    counts = stats.counts
     logger.info(
-        "wrote %d lines in %d shard(s) to %s (%d passage slots, %d passages tokenised); merge with: cat %s > <file>",
-        writer.lines, writer.shards, config.save_to, slots, tokenised, os.path.join(config.save_to, merge_glob),
+        "wrote %d lines in %d shard(s) to %s (%d passage slots, %d passages tokenised; empty texts skipped: "
+        "%d queries, %d positives, %d negatives); merge with: cat %s > <file>",
+        writer.lines, writer.shards, config.save_to, slots, tokenised, counts.get("empty_query", 0),
+        counts.get("empty_positive", 0), counts.get("empty_negative", 0), os.path.join(config.save_to, merge_glob),
     )
     return BuildResult(writer.lines, shards, stats, tokenised, slots)
 

@@ -261,7 +261,8 @@ def small_argv(folder, minilm_path, **overrides):
     files.update(overrides)
     argv = ["--tokenizer_name", minilm_path, "--save_to", folder / "out", "--n_sample", "2"]
     for flag, name in files.items():
-        argv += [f"--{flag}", folder / name]
+        if name is not None:
+            argv += [f"--{flag}", folder / name]
     return argv
 
 
@@ -320,3 +321,58 @@ def test_stale_shards_are_removed_and_nothing_written_on_failure(small, minilm_p
     (small / "negs.tsv").write_text("1\t100\n")  # only a positive: no example at all
     assert run_script(build_train, small_argv(small, minilm_path)) == 2
     assert len(list(out.iterdir())) == 4
+
+
+@pytest.mark.parametrize("script", ["build_train", "build_hn"])
+def test_empty_texts_are_skipped_and_counted(small, minilm_path, tokenizer, caplog, script):
+    """No "[]" reaches the training file (the loader rejects it): empty queries, positives and negatives are
+    skipped and counted, whether blank (known before tokenising) or only tokenising to nothing (U+200B)."""
+    from openmatch.dataset.train_dataset import TrainDataset
+
+    invisible = "\u200b"  # not white space for str.strip(), but MiniLM's tokenizer drops it
+    def tokens(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    assert invisible.strip() and not tokens(invisible)
+    with (small / "corpus.tsv").open("a") as handle:
+        handle.write(f"106\tblank\t   \n107\tinvisible\t{invisible}\n")
+    (small / "queries.tsv").write_text(
+        f"1\tfirst query\n2\tsecond query\n3\tthird query\n4\t  \n5\t{invisible}\n6\tsixth query\n7\tseventh query\n"
+    )
+    # 1: one blank positive of two, an invisible negative; 2: its only positive is invisible;
+    # 3: its only positive is blank; 4, 5: empty queries; 6, 7: every negative candidate is empty.
+    judged = {"1": ["100", "106"], "2": ["107"], "3": ["106"], "4": ["100"], "5": ["100"], "6": ["101"], "7": ["102"]}
+    candidates = {"1": ["103", "107", "104"], "2": ["103"], "3": ["103"], "4": ["103"], "5": ["103"],
+                  "6": ["106", "107"], "7": ["106"]}
+    (small / "qrels.tsv").write_text("".join(f"{q}\t0\t{p}\t1\n" for q, pids in judged.items() for p in pids))
+    if script == "build_train":
+        (small / "negs.tsv").write_text("".join(f"{q}\t{','.join(pids)}\n" for q, pids in candidates.items()))
+        argv = small_argv(small, minilm_path)
+    else:
+        (small / "run.trec").write_text("".join(
+            f"{q} Q0 {p} {rank} {10 - rank}.0 r\n" for q, pids in candidates.items() for rank, p in enumerate(pids, 1)
+        ))
+        argv = small_argv(small, minilm_path, negative_file=None, hn_file="run.trec")
+    argv += ["--doc_template", "<text>", "--n_sample", "5"]
+    module = {"build_train": build_train, "build_hn": build_hn}[script]
+    with caplog.at_level(logging.INFO):
+        assert run_script(module, argv) == 0
+
+    files = sorted((small / "out").glob("split*.jsonl"))
+    lines = [json.loads(line) for path in files for line in path.read_text().splitlines()]
+    # Only query 1 is left: its non-empty positive, and the two non-empty negatives in sampled order.
+    assert len(lines) == 1
+    assert lines[0]["query"] == tokens("first query") and lines[0]["positives"] == [tokens("passage number 0")]
+    drawn = sample_negatives("1", ["103", "107", "104"], 42, 5)
+    assert lines[0]["negatives"] == [tokens(f"passage number {int(p) - 100}") for p in drawn if p != "107"]
+    dataset = TrainDataset([str(files[0])], tokenizer, train_n_passages=2, show_progress=False)
+    assert dataset.raw(0)["negatives"] == lines[0]["negatives"]  # what training reads back, validated
+
+    text = caplog.text
+    assert "2 queries were skipped because their text is empty" in text and "(e.g. 4, 5)" in text
+    assert "3 empty positives" in text and "1:106" in text and "2:107" in text and "3:106" in text
+    assert "2 queries were dropped because no positive was left" in text
+    assert "4 empty negative candidates" in text  # 107 of query 1, 106 and 107 of 6, 106 of 7
+    assert "2 queries were dropped because no negative candidate was left" in text and "7, 6" in text
+    assert "1 queries had fewer than 5 negative candidates; all of them were taken (e.g. 1 (2))" in text
+    assert "empty texts skipped: 2 queries, 3 positives, 4 negatives" in text

@@ -5,9 +5,11 @@ variables (``$PLM_DIR``, ``$COLLECTION_DIR``, ...) pointing into a temporary fol
 steps are reduced, by explicit textual substitutions (the validation split of 500 lines, the number of
 training steps). The collection is ``scripts/msmarco/make_sample.py --passages 120`` in ``$COLLECTION_DIR/marco``
 and ``$PLM_DIR/t5-base-scaled`` is a tiny T5 (tests/tiny_models.py), so the T5 code path of the recipe
-(decoder first-token representation) runs as written. Then the recipe's distributed form,
-``python -m torch.distributed.launch --nproc_per_node=2 ...`` for train_dr and build_index on CPU (gloo);
-the two-process index must equal the one-process one.
+(decoder first-token representation) runs as written. The printed metrics must equal pytrec_eval's on the
+same run and qrels. Then the recipe's distributed form, ``python -m torch.distributed.launch
+--nproc_per_node=2 ...`` for train_dr and build_index on CPU (gloo): the two-process index must equal the
+one-process one, and two processes with ``--negatives_x_device`` must train the same model as one process
+on the same global batch.
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from test_docs import code_blocks
 from test_encode import read_index
+from test_trainer import no_dropout
 from tiny_models import build_tiny_t5
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,6 +193,42 @@ def test_stage_checkpoints(recipe):
     assert state["global_step"] == 4
 
 
+def printed_metrics(stdout: str) -> tuple[dict[str, float], int]:
+    """The evaluate driver's table: ``{metric: value}`` and the number of judged queries of its header."""
+    lines = stdout.strip().splitlines()
+    header = re.fullmatch(r"metric\s+value\s+\(over (\d+) judged queries\)", lines[0].strip())
+    assert header, stdout
+    values = {}
+    for line in lines[1:]:
+        name, value = line.split()
+        values[name] = float(value)
+    return values, int(header.group(1))
+
+
+def pytrec_eval_means(qrels_path: Path, run: dict[str, list[tuple[str, int, float]]]) -> tuple[dict[str, float], int]:
+    """The recipe's metrics by trec_eval's code (pytrec_eval), averaged over every judged query.
+
+    MS MARCO's MRR@10 is trec_eval's ``recip_rank`` on each query's top 10 (in trec_eval's order: score, then
+    passage id, both descending); a judged query absent from the run scores 0.
+    """
+    import pytrec_eval
+
+    qrels: dict[str, dict[str, int]] = {}
+    for line in qrels_path.read_text().splitlines():
+        qid, _, pid, rel = line.split()
+        qrels.setdefault(qid, {})[pid] = int(rel)
+    judged = [qid for qid, rels in qrels.items() if any(rel > 0 for rel in rels.values())]
+    full = {qid: {pid: score for pid, _, score in hits} for qid, hits in run.items()}
+    top10 = {qid: dict(sorted(hits.items(), key=lambda h: (h[1], h[0]), reverse=True)[:10]) for qid, hits in full.items()}
+    measures = {"recall@100": "recall_100", "recall@1000": "recall_1000", "ndcg@10": "ndcg_cut_10", "map": "map"}
+    per_query = pytrec_eval.RelevanceEvaluator(qrels, {"recall", "ndcg_cut", "map"}).evaluate(full)
+    cut = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
+    means = {"mrr@10": sum(cut.get(q, {}).get("recip_rank", 0.0) for q in judged) / len(judged)}
+    for name, measure in measures.items():
+        means[name] = sum(per_query.get(q, {}).get(measure, 0.0) for q in judged) / len(judged)
+    return means, len(judged)
+
+
 def test_runs_and_evaluation(recipe):
     train_run = read_trec(recipe.results / "t5" / "train.trec")
     assert set(train_run) == first_column(recipe.marco / "train.query.txt")
@@ -196,11 +237,13 @@ def test_runs_and_evaluation(recipe):
     assert all(len(hits) == 100 for hits in dev_run.values())
     corpus_ids = first_column(recipe.marco / "corpus.tsv")
     assert {p for hits in dev_run.values() for p, _, _ in hits} <= corpus_ids
-    out = recipe.evaluate.stdout
-    for metric in ("mrr@10", "recall@100", "recall@1000", "ndcg@10", "map"):
-        match = re.search(rf"^{re.escape(metric)}\s+([01]\.\d{{4}})", out, re.M)
-        assert match, f"{metric} not printed:\n{out}"
-    assert "over 24 judged queries" in out
+    printed, judged = printed_metrics(recipe.evaluate.stdout)
+    expected, expected_judged = pytrec_eval_means(recipe.marco / "qrels.dev.tsv", dev_run)
+    assert judged == expected_judged == 24
+    assert list(printed) == ["mrr@10", "recall@100", "recall@1000", "ndcg@10", "map"]
+    for name, value in expected.items():
+        assert abs(printed[name] - value) <= 5e-5 + 1e-9, (name, printed[name], value)  # printed to 4 decimals
+    assert 0 < expected["mrr@10"] < 1 and 0 < expected["map"] < 1  # a vacuous 0 or 1 would hide a mismatch
     index = read_index(recipe.emb / "t5_s2")
     assert sorted(index) == sorted(corpus_ids)
 
@@ -226,13 +269,37 @@ def test_distributed_launch_build_index_equals_one_process(recipe):
         np.testing.assert_allclose(dist[pid], vec, atol=1e-5, rtol=0)
 
 
-def test_distributed_launch_train_dr(recipe):
+def test_distributed_launch_train_dr_equals_one_process(recipe):
+    """Stage 2 over 2 processes x 8 queries with ``--negatives_x_device`` takes the same AdamW steps as one
+    process x 16 queries: the same global batch, the same in-batch negatives. Both start from the stage-1
+    checkpoint with dropout off, which the two layouts would otherwise draw differently."""
+    start = no_dropout(recipe.ckpt / "t5", recipe.root)
     block = tutorial_block("openmatch.driver.train_dr", "$CHECKPOINT_DIR/msmarco/t5_s2")
-    block = block.replace("msmarco/t5_s2", "msmarco/t5_s2_dist").replace("--evaluation_strategy steps",
-                                                                          "--evaluation_strategy steps --negatives_x_device")
-    proc = recipe.bash(launch_block(reduce_training(block), "train_dr"))
+    model_flag = "--model_name_or_path $CHECKPOINT_DIR/msmarco/t5 "
+    assert block.count(model_flag) == 1 and block.count("--per_device_train_batch_size 8 ") == 1
+    block = reduce_training(block.replace(model_flag, f"--model_name_or_path {start} "))
+    dist = block.replace("msmarco/t5_s2", "msmarco/t5_s2_dist").replace("--evaluation_strategy steps",
+                                                                         "--evaluation_strategy steps --negatives_x_device")
+    proc = recipe.bash(launch_block(dist, "train_dr"))
     assert "process 0 of 2" in proc.stderr + proc.stdout
+    single = block.replace("msmarco/t5_s2", "msmarco/t5_s2_single").replace("--per_device_train_batch_size 8 ",
+                                                                            "--per_device_train_batch_size 16 ")
+    recipe.bash(single)
+
     out = recipe.ckpt / "t5_s2_dist"
     check_reloadable(out, ["grey creature of the salt marshes"])
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4
+    # Each Adam step moves a weight by about the learning rate whatever its gradient's size, so the weights'
+    # changes, in units of the learning rate, are compared: other negatives would flip signs (errors ~1).
+    lr = 5e-6
+    initial = load_file(str(start / "model.safetensors"))
+    got = load_file(str(out / "model.safetensors"))
+    want = load_file(str(recipe.ckpt / "t5_s2_single" / "model.safetensors"))
+    assert got.keys() == want.keys() == initial.keys()
+    moved = 0
+    for name, value in initial.items():
+        delta_want, delta_got = (want[name] - value) / lr, (got[name] - value) / lr
+        torch.testing.assert_close(delta_got, delta_want, rtol=0, atol=0.1, msg=name)
+        moved += bool(delta_want.abs().max() > 1)
+    assert moved > 10  # the models trained: not vacuously equal to the start

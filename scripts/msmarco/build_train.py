@@ -6,7 +6,8 @@ query's line in ``--negative_file`` (``qid<TAB>neg1,neg2,...``, see ``prepare_ma
 positives and duplicates; the draw depends only on ``--seed`` and the query id, so the output is
 byte-identical whatever ``--num_workers``. Writes ``split00.jsonl``, ``split01.jsonl``, ... into
 ``--save_to``; merge them with ``cat SAVE_TO/split*[0-9].jsonl`` (``*.jsonl`` would also catch
-build_hn's ``*.hn.jsonl`` and earlier merged files in the same folder).
+build_hn's ``*.hn.jsonl`` and earlier merged files in the same folder). Queries and passages with no token
+after the template and tokenisation are skipped (never written as ``[]``) and counted in the final summary.
 """
 
 from __future__ import annotations
