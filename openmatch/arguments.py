@@ -17,6 +17,8 @@ from typing import Optional, Sequence
 
 from transformers import HfArgumentParser, TrainingArguments
 
+from .errors import OpenMatchWarning, UsageError
+
 logger = logging.getLogger(__name__)
 
 POOLING_CHOICES = ("first", "mean")
@@ -49,7 +51,7 @@ class ModelArguments:
 
     def __post_init__(self):
         if self.temperature <= 0:
-            raise ValueError(f"--temperature must be positive, got {self.temperature}")
+            raise UsageError(f"--temperature must be positive, got {self.temperature}")
 
 
 @dataclass
@@ -73,10 +75,10 @@ class DataArguments:
 
     def __post_init__(self):
         if self.train_n_passages < 1:
-            raise ValueError(f"--train_n_passages must be at least 1, got {self.train_n_passages}")
+            raise UsageError(f"--train_n_passages must be at least 1, got {self.train_n_passages}")
         for name in ("q_max_len", "p_max_len"):
             if getattr(self, name) < 2:
-                raise ValueError(f"--{name} must be at least 2, got {getattr(self, name)}")
+                raise UsageError(f"--{name} must be at least 2, got {getattr(self, name)}")
 
 
 def _has_accelerator() -> bool:
@@ -112,12 +114,12 @@ class OpenMatchTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         if not self.output_dir:
-            raise ValueError("--output_dir is required")
+            raise UsageError("--output_dir is required")
         if self.evaluation_strategy is not None:
             self.eval_strategy = self.evaluation_strategy
         if self.warmup_steps == 0 and self.warmup_ratio:
             if not 0 <= self.warmup_ratio < 1:
-                raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+                raise UsageError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
             # transformers 5 reads a warmup_steps below 1 as a fraction of the training steps.
             self.warmup_steps = self.warmup_ratio
         if self.logging_dir:
@@ -126,10 +128,10 @@ class OpenMatchTrainingArguments(TrainingArguments):
             os.environ["TENSORBOARD_LOGGING_DIR"] = self.logging_dir
         if (self.fp16 or self.bf16) and not self.use_cpu and not _has_accelerator():
             if self.fp16:
-                warnings.warn("--fp16 needs a GPU; none is available, so this run uses float32.", stacklevel=2)
+                warnings.warn("--fp16 needs a GPU; none is available, so this run uses float32.", OpenMatchWarning, stacklevel=2)
                 self.fp16 = False
             if self.bf16:
-                warnings.warn("--bf16 needs a GPU (or --use_cpu); none is available, so this run uses float32.", stacklevel=2)
+                warnings.warn("--bf16 needs a GPU (or --use_cpu); none is available, so this run uses float32.", OpenMatchWarning, stacklevel=2)
                 self.bf16 = False
         launched = int(os.environ.get("LOCAL_RANK", -1)) != -1 or int(os.environ.get("WORLD_SIZE", 1)) > 1
         if launched and not self.use_cpu and not _has_accelerator():
@@ -158,7 +160,7 @@ class DRTrainingArguments(OpenMatchTrainingArguments):
     def __post_init__(self):
         super().__post_init__()
         if self.grad_cache and (self.gc_q_chunk_size < 1 or self.gc_p_chunk_size < 1):
-            raise ValueError("--gc_q_chunk_size and --gc_p_chunk_size must be positive")
+            raise UsageError("--gc_q_chunk_size and --gc_p_chunk_size must be positive")
 
 
 @dataclass
@@ -178,9 +180,9 @@ class InferenceArguments(OpenMatchTrainingArguments):
     def __post_init__(self):
         super().__post_init__()
         if self.retrieve_depth < 1:
-            raise ValueError(f"--retrieve_depth must be positive, got {self.retrieve_depth}")
+            raise UsageError(f"--retrieve_depth must be positive, got {self.retrieve_depth}")
         if self.max_inmem_docs < 1:
-            raise ValueError(f"--max_inmem_docs must be positive, got {self.max_inmem_docs}")
+            raise UsageError(f"--max_inmem_docs must be positive, got {self.max_inmem_docs}")
 
 
 def parse_args(dataclass_types: Sequence[type], args: Optional[Sequence[str]] = None) -> tuple:

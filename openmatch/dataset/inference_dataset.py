@@ -27,6 +27,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from ..errors import InputError, MissingInputError, UsageError
 from ..utils import dist_context
 from .readers import DataFormatError, find_id_key, is_jsonl, open_binary, parse_column_names, record_id
 from .streaming import ShardedStream
@@ -136,9 +137,9 @@ class InferenceDataset(IterableDataset):
     ):
         self.path = os.fspath(path)
         if not os.path.exists(self.path):
-            raise FileNotFoundError(f"{self.path}: no such file")
+            raise MissingInputError(f"{self.path}: no such file")
         if batch_size < 1:
-            raise ValueError(f"batch size must be positive, got {batch_size}")
+            raise UsageError(f"batch size must be positive, got {batch_size}")
         self.tokenizer = tokenizer
         self.max_len = max_len
         self.batch_size = batch_size
@@ -149,7 +150,7 @@ class InferenceDataset(IterableDataset):
         self.window = max(1, window_batches) * batch_size if sort_by_length else batch_size
         self.sort_by_length = sort_by_length
         if tokenizer.pad_token_id is None:
-            raise ValueError(f"tokenizer {type(tokenizer).__name__} has no pad token; set one before encoding")
+            raise InputError(f"tokenizer {type(tokenizer).__name__} has no pad token; set one before encoding")
 
     def _placement(self) -> tuple[int, int]:
         rank, world_size = dist_context()

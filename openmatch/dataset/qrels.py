@@ -17,6 +17,7 @@ import os
 from collections import defaultdict
 from typing import Iterable, Iterator, Sequence
 
+from ..errors import UsageError
 from ..utils import atomic_output
 from .readers import DataFormatError, iter_lines, open_binary
 
@@ -199,7 +200,7 @@ def format_run_lines(qid: str, hits: Sequence[tuple[str, float]], run_id: str) -
 def write_trec_run(path: str | os.PathLike, results: Iterable[tuple[str, Sequence[tuple[str, float]]]], run_id: str = "OpenMatch") -> int:
     """Write ``(qid, [(pid, score), ...])`` (best first) as a TREC run, atomically; returns the line count."""
     if any(ch.isspace() for ch in run_id):
-        raise ValueError(f"run id must not contain white space: {run_id!r}")
+        raise UsageError(f"run id must not contain white space: {run_id!r}")
     lines = 0
     with atomic_output(path) as handle:
         for qid, hits in results:

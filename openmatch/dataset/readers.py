@@ -11,10 +11,12 @@ import json
 import os
 from typing import IO, Iterator, Optional, Sequence
 
+from ..errors import InputError, MissingInputError, UsageError
+
 ID_KEYS = ("_id", "id", "text_id", "sample_id")
 
 
-class DataFormatError(ValueError):
+class DataFormatError(InputError):
     """Bad input, reported as ``path:line: message`` so it can be found and fixed."""
 
     def __init__(self, path: str | os.PathLike, line: Optional[int], message: str):
@@ -27,7 +29,7 @@ def open_binary(path: str | os.PathLike) -> IO[bytes]:
     """Open a file for reading bytes, decompressing ``.gz`` transparently."""
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file")
+        raise MissingInputError(f"{path}: no such file")
     if path.endswith(".gz"):
         return gzip.open(path, "rb")
     return open(path, "rb", buffering=1 << 20)
@@ -56,7 +58,7 @@ def parse_column_names(column_names: Optional[str | Sequence[str]]) -> Optional[
     names = column_names.split(",") if isinstance(column_names, str) else list(column_names)
     names = [name.strip() for name in names]
     if not names or any(not name for name in names):
-        raise ValueError(f"column names must be non-empty and comma-separated, got {column_names!r}")
+        raise UsageError(f"column names must be non-empty and comma-separated, got {column_names!r}")
     return names
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import re
 
+from ..errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 _MARKER = re.compile(r"<([A-Za-z_][\w.\-]*)>")
@@ -19,11 +21,11 @@ class Template:
 
     def __init__(self, template: str):
         if not template:
-            raise ValueError("a template must not be empty; e.g. '<text>' or 'Title: <title> Text: <text>'")
+            raise UsageError("a template must not be empty; e.g. '<text>' or 'Title: <title> Text: <text>'")
         self.template = template
         self.fields = _MARKER.findall(template)
         if not self.fields:
-            raise ValueError(f"template {template!r} has no <field> marker")
+            raise UsageError(f"template {template!r} has no <field> marker")
         self._parts = _MARKER.split(template)  # literal, field, literal, field, ..., literal
         self._warned: set[str] = set()
 

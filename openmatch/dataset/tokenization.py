@@ -12,6 +12,8 @@ from typing import Sequence
 
 import torch
 
+from ..errors import InputError, UsageError
+
 
 class SpecialTokenLayout:
     """The ids a tokenizer puts before and after a single sequence."""
@@ -26,9 +28,9 @@ class SpecialTokenLayout:
                 self.suffix = list(full[start + len(plain) :])
                 break
         else:  # pragma: no cover - every known tokenizer keeps the plain ids contiguous
-            raise ValueError(f"cannot find where {type(tokenizer).__name__} adds its special tokens")
+            raise InputError(f"cannot find where {type(tokenizer).__name__} adds its special tokens")
         if tokenizer.pad_token_id is None:
-            raise ValueError(f"tokenizer {type(tokenizer).__name__} has no pad token; set one before use")
+            raise InputError(f"tokenizer {type(tokenizer).__name__} has no pad token; set one before use")
         self.pad_id = tokenizer.pad_token_id
         self.num_special = len(self.prefix) + len(self.suffix)
 
@@ -36,7 +38,7 @@ class SpecialTokenLayout:
         """Add special tokens, truncating the content so that the result has at most ``max_len`` ids."""
         room = max_len - self.num_special
         if room < 1:
-            raise ValueError(f"max length {max_len} leaves no room beside {self.num_special} special tokens")
+            raise UsageError(f"max length {max_len} leaves no room beside {self.num_special} special tokens")
         return self.prefix + list(ids[:room]) + self.suffix
 
 

@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
+from ..errors import InputError, MissingInputError, UsageError
 from .readers import DataFormatError
 from .tokenization import SpecialTokenLayout, pad_batch
 
@@ -39,16 +40,16 @@ logger = logging.getLogger(__name__)
 def resolve_train_files(train_path: Optional[str] = None, train_dir: Optional[str] = None) -> list[str]:
     """The training files: ``--train_path`` (one file) or every ``*.jsonl`` of ``--train_dir``, sorted."""
     if bool(train_path) == bool(train_dir):
-        raise ValueError("give exactly one of --train_path and --train_dir")
+        raise UsageError("give exactly one of --train_path and --train_dir")
     if train_path:
         if not os.path.isfile(train_path):
-            raise FileNotFoundError(f"{train_path}: no such file (--train_path)")
+            raise MissingInputError(f"{train_path}: no such file (--train_path)")
         return [train_path]
     if not os.path.isdir(train_dir):
-        raise FileNotFoundError(f"{train_dir}: no such folder (--train_dir)")
+        raise MissingInputError(f"{train_dir}: no such folder (--train_dir)")
     files = sorted(glob.glob(os.path.join(train_dir, "*.jsonl")))
     if not files:
-        raise FileNotFoundError(f"{train_dir}: no *.jsonl files (--train_dir)")
+        raise MissingInputError(f"{train_dir}: no *.jsonl files (--train_dir)")
     return files
 
 
@@ -90,7 +91,7 @@ class TrainDataset(Dataset):
         self.paths = [os.fspath(p) for p in paths]
         for path in self.paths:
             if path.endswith(".gz"):
-                raise ValueError(f"{path}: training files are read by byte offset and must not be compressed")
+                raise InputError(f"{path}: training files are read by byte offset and must not be compressed")
         self.layout = layout
         self.train_n_passages = train_n_passages
         self.q_max_len, self.p_max_len = q_max_len, p_max_len
@@ -259,7 +260,7 @@ class TrainCollator:
     @classmethod
     def for_tokenizer(cls, tokenizer, pad_to_multiple_of: Optional[int] = None) -> "TrainCollator":
         if tokenizer.pad_token_id is None:
-            raise ValueError(f"tokenizer {type(tokenizer).__name__} has no pad token; set one before training")
+            raise InputError(f"tokenizer {type(tokenizer).__name__} has no pad token; set one before training")
         return cls(tokenizer.pad_token_id, pad_to_multiple_of)
 
     def __call__(self, items: Sequence[dict]) -> dict:

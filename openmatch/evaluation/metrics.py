@@ -39,6 +39,8 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ..errors import InputError, UsageError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_METRICS = ("mrr@10", "recall@100", "ndcg@10", "map")
@@ -76,14 +78,14 @@ def parse_metric(name: str) -> Metric:
     match = re.fullmatch(r"([A-Za-z_]+?)(?:[@_](\d+))?", text)
     family = _ALIASES.get(match.group(1).lower()) if match else None
     if family is None:
-        raise ValueError(
+        raise UsageError(
             f"unknown metric {name!r}: use mrr@k, mrr, recall@k, ndcg@k, ndcg, map, map@k or precision@k"
         )
     k = int(match.group(2)) if match.group(2) is not None else None
     if k is not None and k < 1:
-        raise ValueError(f"metric {name!r}: the cutoff must be at least 1")
+        raise UsageError(f"metric {name!r}: the cutoff must be at least 1")
     if k is None and family in _CUTOFF_REQUIRED:
-        raise ValueError(f"metric {name!r} needs a cutoff, e.g. {family}@100")
+        raise UsageError(f"metric {name!r} needs a cutoff, e.g. {family}@100")
     return Metric(family, k)
 
 
@@ -98,7 +100,7 @@ def parse_metrics(metrics: str | Iterable[str | Metric]) -> list[Metric]:
         if metric not in parsed:
             parsed.append(metric)
     if not parsed:
-        raise ValueError("no metric given")
+        raise UsageError("no metric given")
     return parsed
 
 
@@ -169,7 +171,7 @@ def _judged(qrels: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]
         if relevant:
             judged[str(qid)] = relevant
     if not judged:
-        raise ValueError("the qrels judge no passage relevant (relevance > 0): nothing to evaluate")
+        raise InputError("the qrels judge no passage relevant (relevance > 0): nothing to evaluate")
     return judged
 
 
@@ -189,7 +191,7 @@ def _ranks_from_scores(relevant: dict[str, int], hits: Mapping[str, float], qid:
     # float32: trec_eval stores scores as C floats, so scores equal in single precision are tied there.
     scores = np.fromiter(hits.values(), dtype=np.float64, count=len(hits)).astype(np.float32)
     if np.isnan(scores).any():
-        raise ValueError(f"query {qid!r}: the run holds a NaN score, which has no rank")
+        raise InputError(f"query {qid!r}: the run holds a NaN score, which has no rank")
     ascending = np.sort(scores)
     targets = np.array([score for _, score in present], dtype=np.float64).astype(np.float32)
     # Passages scoring strictly higher rank above; equal scores are ordered by id, descending.
@@ -209,7 +211,7 @@ def _ranks_from_scores(relevant: dict[str, int], hits: Mapping[str, float], qid:
 def _ranks_from_order(relevant: dict[str, int], ranked: Sequence[str], qid: str) -> list[tuple[int, str]]:
     """``[(rank, pid)]`` of the relevant passages present in an explicit best-first order."""
     if len(set(ranked)) != len(ranked):
-        raise ValueError(f"query {qid!r}: a passage appears twice in the ranking")
+        raise InputError(f"query {qid!r}: a passage appears twice in the ranking")
     if not isinstance(ranked, list):
         ranked = list(ranked)
     found = []
@@ -233,7 +235,7 @@ def _aggregate(
     run_qids = set(map(str, run_qids))
     shared = run_qids & judged.keys()
     if not shared:
-        raise ValueError(
+        raise InputError(
             f"the run and the qrels share no query ({len(run_qids)} run queries, {len(judged)} judged queries, "
             f"e.g. run {sorted(run_qids)[:3]} vs qrels {sorted(judged)[:3]}): wrong qrels file or id mismatch?"
         )

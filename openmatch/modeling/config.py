@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
+from ..errors import InputError
+
 # Backbone classes whose representation comes from the decoder's first position (fed the start token).
 DECODER_BACKBONES = ("T5Model", "MT5Model", "UMT5Model")
 # Encoder-only classes of the T5 family (for --encoder_only).
@@ -76,14 +78,14 @@ class DRModelConfig:
         """Read our or OpenMatch's ``openmatch_config.json`` (OpenMatch's lacks the extra keys)."""
         missing = [key for key in OPENMATCH_KEYS if key not in data]
         if missing:
-            raise ValueError(f"{source}: missing key(s) {', '.join(missing)}")
+            raise InputError(f"{source}: missing key(s) {', '.join(missing)}")
         backbone = data["plm_backbone"]
         if not isinstance(backbone, dict) or "type" not in backbone:
-            raise ValueError(f"{source}: plm_backbone must be an object with a 'type' key")
+            raise InputError(f"{source}: plm_backbone must be an object with a 'type' key")
         backbone_type = str(backbone["type"])
         pooling = data["pooling"]
         if pooling not in ("first", "mean"):
-            raise ValueError(f"{source}: pooling must be 'first' or 'mean', got {pooling!r}")
+            raise InputError(f"{source}: pooling must be 'first' or 'mean', got {pooling!r}")
         return cls(
             tied=bool(data["tied"]),
             plm_backbone_type=backbone_type,

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from transformers.utils import ModelOutput
 
 from ..arguments import ModelArguments
+from ..errors import InputError, MissingInputError, UsageError
 from ..utils import write_json_atomic
 from .config import DECODER_BACKBONES, T5_ENCODER_BACKBONES, DRModelConfig
 
@@ -77,18 +78,18 @@ class LinearHead(nn.Module):
         elif (folder / OPENMATCH_HEAD_WEIGHTS_NAME).exists():
             state = torch.load(folder / OPENMATCH_HEAD_WEIGHTS_NAME, map_location="cpu", weights_only=True)
         else:
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{folder}: checkpoint has a linear head but neither {HEAD_WEIGHTS_NAME} nor "
                 f"{OPENMATCH_HEAD_WEIGHTS_NAME} is there"
             )
         weight = state.get(HEAD_WEIGHT_KEY, state.get("weight"))
         if weight is None or weight.dim() != 2:
-            raise ValueError(f"{folder}: head weights have no 2-D '{HEAD_WEIGHT_KEY}' tensor (keys: {sorted(state)})")
+            raise InputError(f"{folder}: head weights have no 2-D '{HEAD_WEIGHT_KEY}' tensor (keys: {sorted(state)})")
         output_dim, input_dim = weight.shape
         if (folder / HEAD_CONFIG_NAME).exists():
             head_cfg = json.loads((folder / HEAD_CONFIG_NAME).read_text())
             if (head_cfg.get("input_dim"), head_cfg.get("output_dim")) != (input_dim, output_dim):
-                raise ValueError(
+                raise InputError(
                     f"{folder / HEAD_CONFIG_NAME}: says {head_cfg.get('input_dim')}->{head_cfg.get('output_dim')} "
                     f"but the weights are {input_dim}->{output_dim}"
                 )
@@ -100,11 +101,11 @@ class LinearHead(nn.Module):
 
 def _check_backbone_folder(folder: Path) -> None:
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: checkpoint folder not found")
+        raise MissingInputError(f"{folder}: checkpoint folder not found")
     if not (folder / "config.json").exists():
-        raise FileNotFoundError(f"{folder}: checkpoint is missing config.json")
+        raise MissingInputError(f"{folder}: checkpoint is missing config.json")
     if not any((folder / name).exists() for name in WEIGHT_FILES):
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{folder}: checkpoint is missing its weights file (one of {', '.join(WEIGHT_FILES)})"
         )
 
@@ -114,7 +115,7 @@ def _backbone_class(name: str):
 
     cls = getattr(transformers, name, None)
     if cls is None or not hasattr(cls, "from_pretrained"):
-        raise ValueError(f"unknown backbone type {name!r} in {CONFIG_NAME} (not a transformers model class)")
+        raise InputError(f"unknown backbone type {name!r} in {CONFIG_NAME} (not a transformers model class)")
     return cls
 
 
@@ -130,7 +131,7 @@ def _load_backbone(class_name: str, folder: str, model_args: ModelArguments, con
     missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("pooler."))
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise ValueError(
+        raise InputError(
             f"{folder}: checkpoint has no weights for {len(missing)} parameter(s) of {type(model).__name__} "
             f"({shown}); is it really a {type(model).__name__} checkpoint?"
         )
@@ -353,13 +354,13 @@ class DRModel(nn.Module):
         if model_type in T5_FAMILY:
             class_name = T5_FAMILY[model_type][1 if model_args.encoder_only else 0]
         elif getattr(hf_config, "is_encoder_decoder", False):
-            raise ValueError(
+            raise InputError(
                 f"{path}: encoder-decoder model type {model_type!r} is not supported (T5-family or encoder models only)"
             )
         else:
             class_name = "AutoModel"
         if model_args.feature not in ("last_hidden_state", "pooler_output"):
-            raise ValueError(f"--feature must be last_hidden_state or pooler_output, got {model_args.feature!r}")
+            raise UsageError(f"--feature must be last_hidden_state or pooler_output, got {model_args.feature!r}")
         lm_q = _load_backbone(class_name, path, model_args, config=hf_config)
         if class_name == "AutoModel":
             class_name = type(lm_q).__name__
@@ -379,7 +380,7 @@ class DRModel(nn.Module):
         if model_args.add_linear_head:
             hidden = getattr(lm_q.config, "d_model", None) or lm_q.config.hidden_size
             if model_args.projection_in_dim != hidden:
-                raise ValueError(
+                raise UsageError(
                     f"--projection_in_dim {model_args.projection_in_dim} does not match the hidden size {hidden} of {path}"
                 )
             head_q = LinearHead(model_args.projection_in_dim, model_args.projection_out_dim)
@@ -394,12 +395,12 @@ class DRModel(nn.Module):
         try:
             raw = json.loads((path / CONFIG_NAME).read_text())
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path / CONFIG_NAME}:{err.lineno}: invalid JSON ({err.msg})") from None
+            raise InputError(f"{path / CONFIG_NAME}:{err.lineno}: invalid JSON ({err.msg})") from None
         config = DRModelConfig.from_openmatch_json(raw, source=str(path / CONFIG_NAME))
         config.temperature = model_args.temperature  # a loss hyper-parameter, not architecture: the flag decides
         _warn_conflicts(path, config, model_args)
         if config.feature not in ("last_hidden_state", "pooler_output"):
-            raise ValueError(f"{path / CONFIG_NAME}: unsupported feature {config.feature!r}")
+            raise InputError(f"{path / CONFIG_NAME}: unsupported feature {config.feature!r}")
         if config.tied:
             towers = [path]
         else:
@@ -467,9 +468,9 @@ def load_model_and_tokenizer(model_args: ModelArguments):
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as err:
-        raise ValueError(f"{source}: cannot load a tokenizer ({err}); pass --tokenizer_name") from None
+        raise InputError(f"{source}: cannot load a tokenizer ({err}); pass --tokenizer_name") from None
     if tokenizer.pad_token_id is None:
-        raise ValueError(
+        raise InputError(
             f"{source}: tokenizer has no pad token; batches cannot be padded (set one in its tokenizer_config.json)"
         )
     return model, tokenizer

@@ -10,6 +10,8 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 import torch
 
+from ..errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 
@@ -34,7 +36,7 @@ class Precision:
 
     def __init__(self, device: torch.device, fp16: bool = False, bf16: bool = False):
         if fp16 and bf16:
-            raise ValueError("--fp16 and --bf16 are mutually exclusive")
+            raise UsageError("--fp16 and --bf16 are mutually exclusive")
         self.device = device
         on_gpu = device.type == "cuda"
         if (fp16 or bf16) and not on_gpu:

@@ -36,6 +36,7 @@ import torch
 
 from ..dataset.inference_dataset import InferenceDataset, RecordParser, iter_raw_data_lines, make_loader
 from ..dataset.readers import DataFormatError, count_lines
+from ..errors import MissingInputError, OpenMatchError, UsageError
 from ..utils import atomic_output, write_json_atomic
 from .encode import Precision, encode_batches, model_fingerprint
 
@@ -49,7 +50,7 @@ _OUR_TEMP = re.compile(r"^\.((embeddings|ids|shard)\.rank\d+\.shard\d+\.(npy|txt
 _OPENMATCH_PICKLES = re.compile(r"^embeddings\.(corpus|query)\.rank\.\d+")
 
 
-class IndexFolderError(FileExistsError):
+class IndexFolderError(OpenMatchError, FileExistsError):
     """The output folder holds something this build must not touch or merge with."""
 
 
@@ -316,10 +317,10 @@ def build_index(model, tokenizer, options: BuildOptions, model_path: str = "") -
     rank, world_size = dist_context()
     distributed = dist.is_available() and dist.is_initialized() and world_size > 1
     if options.dtype not in ("float32", "float16"):
-        raise ValueError(f"embedding dtype must be float32 or float16, got {options.dtype!r}")
+        raise UsageError(f"embedding dtype must be float32 or float16, got {options.dtype!r}")
     corpus_path = os.fspath(options.corpus_path)
     if not os.path.exists(corpus_path):
-        raise FileNotFoundError(f"{corpus_path}: no such file (--corpus_path)")
+        raise MissingInputError(f"{corpus_path}: no such file (--corpus_path)")
     check_not_empty(corpus_path, options.column_names)
     from ..dataset.inference_dataset import resolve_template
 
@@ -497,7 +498,7 @@ def load_manifest(index_dir: str) -> dict:
         hint = " (a build was started there but did not finish; rerun build_index)" if os.path.exists(
             os.path.join(index_dir, BUILD_FILE)
         ) else ""
-        raise FileNotFoundError(f"{path}: no index manifest{hint}; build the index with openmatch.driver.build_index first")
+        raise MissingInputError(f"{path}: no index manifest{hint}; build the index with openmatch.driver.build_index first")
     with open(path, encoding="utf-8") as handle:
         manifest = json.load(handle)
     if manifest.get("format") != FORMAT:

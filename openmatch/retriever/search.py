@@ -22,6 +22,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
+from ..errors import InputError, ResourceError, UsageError
 from .index import IndexFolderError, load_manifest
 
 logger = logging.getLogger(__name__)
@@ -162,13 +163,13 @@ class SearchOptions:
 
 def _gpu_list(faiss, starting_gpu: int) -> list[int]:
     if not hasattr(faiss, "StandardGpuResources"):
-        raise RuntimeError(
+        raise ResourceError(
             "--use_gpu needs faiss with GPU support (faiss-gpu); the installed faiss "
             f"{getattr(faiss, '__version__', '?')} is CPU-only"
         )
     count = faiss.get_num_gpus()
     if count <= starting_gpu:
-        raise RuntimeError(f"--use_gpu: faiss sees {count} GPU(s), --faiss_starting_gpu is {starting_gpu}")
+        raise ResourceError(f"--use_gpu: faiss sees {count} GPU(s), --faiss_starting_gpu is {starting_gpu}")
     return list(range(starting_gpu, count))
 
 
@@ -190,7 +191,7 @@ def search_embeddings(
     """Top-k ``(scores, global_indices)`` of each query row; missing hits have index -1."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if queries.ndim != 2 or queries.shape[1] != index.dim:
-        raise ValueError(
+        raise InputError(
             f"query embeddings have dimension {queries.shape[-1]} but the index in {index.index_dir} has {index.dim}: "
             "queries and passages must be encoded by the same model"
         )
@@ -261,14 +262,14 @@ def _search_approximate(index, queries, k, spec, options):
     try:
         cpu_index = faiss.index_factory(index.dim, spec, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as err:
-        raise ValueError(f"--faiss_index {spec!r}: faiss cannot build it for dimension {index.dim}: {str(err).splitlines()[0]}") from None
+        raise UsageError(f"--faiss_index {spec!r}: faiss cannot build it for dimension {index.dim}: {str(err).splitlines()[0]}") from None
     if not cpu_index.is_trained:
         sample = _train_sample(index, options.train_sample, options.seed)
         logger.info("training %s on %d vectors", spec, len(sample))
         try:
             cpu_index.train(sample)
         except RuntimeError as err:
-            raise ValueError(f"--faiss_index {spec!r}: training on {len(sample)} vectors failed: {str(err).splitlines()[0]}") from None
+            raise UsageError(f"--faiss_index {spec!r}: training on {len(sample)} vectors failed: {str(err).splitlines()[0]}") from None
     for _offset, block in index.iter_blocks(options.block_rows):
         cpu_index.add(block)
     params = faiss.ParameterSpace()

@@ -18,6 +18,7 @@ import torch
 from transformers import Trainer
 from transformers.training_args import ParallelMode
 
+from ..errors import InputError, UsageError
 from ..modeling import ContrastiveLoss, DRModel, gather_with_grad
 from ..utils import dataclasses_to_dict, write_json_atomic
 from .gradcache import GradCache
@@ -45,17 +46,17 @@ class DRTrainer(Trainer):
             raise TypeError(f"DRTrainer trains a DRModel, got {type(self.model).__name__}")
         self.extra_args = tuple(extra_args)
         if self.args.negatives_x_device and self.args.parallel_mode != ParallelMode.DISTRIBUTED:
-            raise ValueError(
+            raise UsageError(
                 "--negatives_x_device shares passages across processes and needs a distributed launch "
                 "(torchrun --nproc_per_node=N -m openmatch.driver.train_dr ...); drop the flag for one process"
             )
         if self.args.n_gpu > 1:
-            raise ValueError(
+            raise UsageError(
                 f"{self.args.n_gpu} GPUs are visible to one process (DataParallel), which DRTrainer does not "
                 "support: launch one process per GPU with torchrun --nproc_per_node=N"
             )
         if self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0:
-            raise ValueError(
+            raise UsageError(
                 "--dataloader_persistent_workers keeps loader workers across epochs, so they would never see "
                 "the new epoch's passage sampling; drop the flag"
             )
@@ -152,12 +153,12 @@ class DRTrainer(Trainer):
         """Load the weights of one of our checkpoints (the stock loader expects a single HF weights file)."""
         path = Path(resume_from_checkpoint)
         if not (path / "openmatch_config.json").exists():
-            raise ValueError(f"{path}: not a DRTrainer checkpoint (no openmatch_config.json); cannot resume from it")
+            raise InputError(f"{path}: not a DRTrainer checkpoint (no openmatch_config.json); cannot resume from it")
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
         loaded = DRModel.load(path)
         missing, unexpected = target.load_state_dict(loaded.state_dict(), strict=False)
         if missing or unexpected:
-            raise ValueError(
+            raise InputError(
                 f"{path}: checkpoint does not match the model being trained (missing {missing[:3]}, "
                 f"unexpected {unexpected[:3]}); was it written with other model flags?"
             )

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..dataset.tokenization import pad_batch
 from ..dataset.train_dataset import TrainDataset
+from ..errors import UsageError
 from ..evaluation.metrics import evaluate
 from ..modeling import gather_with_grad
 from ..utils import dist_context
@@ -106,7 +107,7 @@ def parse_ks(text: str) -> list[int]:
     try:
         ks = [int(part) for part in str(text).split(",") if part.strip()]
     except ValueError:
-        raise ValueError(f"--eval_retrieval_k must be comma-separated integers, got {text!r}") from None
+        raise UsageError(f"--eval_retrieval_k must be comma-separated integers, got {text!r}") from None
     if not ks or any(k < 1 for k in ks):
-        raise ValueError(f"--eval_retrieval_k must be positive integers, got {text!r}")
+        raise UsageError(f"--eval_retrieval_k must be positive integers, got {text!r}")
     return ks
