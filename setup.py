@@ -21,6 +21,18 @@ setup(
         "tensorboard>=2.14",
         "safetensors>=0.4",
     ],
+    # One command per driver and script; `python -m openmatch.driver.X` and `python scripts/msmarco/X.py` run the same
+    # functions.
+    entry_points={
+        "console_scripts": [
+            "openmatch-train-dr = openmatch.driver.train_dr:main",
+            "openmatch-build-index = openmatch.driver.build_index:main",
+            "openmatch-retrieve = openmatch.driver.retrieve:main",
+            "openmatch-evaluate = openmatch.driver.evaluate:main",
+            "openmatch-build-train = openmatch.driver.build_train:main",
+            "openmatch-build-hn = openmatch.driver.build_hn:main",
+        ],
+    },
     extras_require={
         # faiss-cpu and faiss-gpu both install the module ``faiss``: two of them shadow each other, so the search
         # backend is an extra and exactly one is chosen (scripts/setup.sh picks cpu unless a faiss is present).

@@ -42,7 +42,6 @@ import multiprocessing
 import os
 import random
 import re
-import sys
 from collections import OrderedDict
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -55,16 +54,17 @@ from tqdm import tqdm
 from .dataset.qrels import iter_run, load_qrels, relevant_ids
 from .dataset.readers import DataFormatError, iter_id_records, iter_lines
 from .dataset.template import Template
-from .utils import atomic_output, setup_logging
+from .cli import add_log_level_argument
+from .errors import OpenMatchError
+from .utils import atomic_output
 
 logger = logging.getLogger("openmatch.preprocessing")
 
 QUERY_COLUMNS = "id,text"
 COLLECTION_COLUMNS = "id,title,text"
-EXIT_BAD_INPUT = 2
 
 
-class PreprocessingError(RuntimeError):
+class PreprocessingError(OpenMatchError, RuntimeError):
     """A problem that stops the run (reported as one ``error:`` line, exit code 2)."""
 
 
@@ -113,6 +113,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard_size", type=int, default=45000, help="lines per output shard")
     parser.add_argument("--seed", type=int, default=42, help="sampling seed (output depends on it only)")
     parser.add_argument("--num_workers", type=int, default=1, help="tokenising processes (output unchanged)")
+    add_log_level_argument(parser)
 
 
 def config_from_args(args: argparse.Namespace, shard_suffix: str) -> BuildConfig:
@@ -616,12 +617,8 @@ def _names(config: BuildConfig, source_name: str) -> dict:
 
 
 def run_cli(main: Callable[[Optional[list[str]]], object], argv: Optional[list[str]] = None) -> int:
-    """Run a script's ``main``; bad input becomes one ``error: ...`` line on stderr and exit code 2."""
-    setup_logging()
-    try:
-        main(argv)
-    except (DataFormatError, PreprocessingError, FileNotFoundError, ValueError) as err:
-        message = " ".join(str(err).split("\n"))
-        print(f"error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return 0
+    """Run a script's ``main`` as the command line would and return its exit status: bad input is one
+    ``error: ...`` line on stderr and status 2 (see :mod:`openmatch.cli`)."""
+    from .cli import run
+
+    return run(main, argv)

@@ -13,14 +13,47 @@ from typing import IO, Iterator
 
 logger = logging.getLogger("openmatch")
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# ``--log_level`` values, as in transformers' TrainingArguments; "passive" (its default) leaves ours at INFO.
+LOG_LEVELS = {
+    "passive": None,
+    "debug": logging.DEBUG,
+    "detail": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
 
-def setup_logging(rank: int = 0) -> None:
-    """One logging format for every driver; non-zero ranks only log warnings."""
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        level=logging.INFO if rank in (-1, 0) else logging.WARNING,
-    )
+
+def setup_logging(rank: int | None = None, level: str | int | None = None) -> None:
+    """One logging set-up for every command: openmatch's messages at ``level`` (INFO by default), every other
+    library's (faiss, transformers, torch, urllib3, ...) at WARNING unless ``level`` is debug.
+
+    ``level`` is a ``--log_level`` value (a key of ``LOG_LEVELS``) or a ``logging`` level. Non-zero ranks show
+    warnings only; ``rank=None`` takes it from the launcher's ``RANK``. Calling it again only changes levels.
+    """
+    if rank is None:
+        rank = int(os.environ.get("RANK", 0))
+    ours = LOG_LEVELS[level.lower()] if isinstance(level, str) else level
+    ours = logging.INFO if ours is None else ours
+    if rank not in (-1, 0):
+        ours = max(ours, logging.WARNING)
+    # Levels on the loggers, not on the handler: INFO records of third-party loggers (faiss's loader logs
+    # its attempts to import AVX builds at import time) are then dropped whenever they are imported.
+    others = logging.DEBUG if ours <= logging.DEBUG else max(ours, logging.WARNING)
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S"))
+        root.addHandler(handler)
+    root.setLevel(others)
+    logger.setLevel(ours)
+    if ours <= logging.DEBUG:
+        # transformers logs through its own handler (it does not propagate), at WARNING unless told otherwise.
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity(ours)
 
 
 @contextlib.contextmanager

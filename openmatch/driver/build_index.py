@@ -19,11 +19,12 @@ import sys
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from ..arguments import DataArguments, InferenceArguments, ModelArguments, parse_args
+from ..arguments import DataArguments, InferenceArguments, ModelArguments
+from ..cli import main_wrapper, parse_args
+from ..errors import UsageError
 from ..utils import dataclasses_to_dict, dist_context, setup_logging
-from ._cli import main_wrapper
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("openmatch.build_index")
 
 
 @dataclass
@@ -62,9 +63,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model_args, data_args, infer_args, index_args = parse_args(ARGUMENT_CLASSES, argv)
     init_distributed()
     rank, _ = dist_context()
-    setup_logging(rank)
+    setup_logging(rank, infer_args.log_level)
     if not data_args.corpus_path:
-        raise ValueError("--corpus_path is required: the passages to encode (TSV/JSONL, optionally .gz)")
+        raise UsageError("--corpus_path is required: the passages to encode (TSV/JSONL, optionally .gz)")
     from .. import api
 
     model, tokenizer = api.load_model(model_args)

@@ -17,14 +17,15 @@ import logging
 import sys
 from typing import Optional, Sequence
 
+from ..cli import add_log_level_argument, main_wrapper
 from ..dataset.qrels import load_qrels, load_run
+from ..errors import UsageError
 from ..evaluation.metrics import evaluate, mean_over_queries, parse_metrics
 from ..utils import setup_logging, write_json_atomic
-from ._cli import main_wrapper
 
 DEFAULT_DRIVER_METRICS = "mrr@10,recall@100,recall@1000,ndcg@10,map"
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("openmatch.evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics", default=DEFAULT_DRIVER_METRICS, help=f"comma-separated (default {DEFAULT_DRIVER_METRICS})")
     parser.add_argument("--per_query", action="store_true", help="also print 'metric qid value' for every judged query")
     parser.add_argument("--output", default=None, help="write the results as JSON to this file")
+    add_log_level_argument(parser)
     return parser
 
 
@@ -68,7 +70,7 @@ def parse_run_names(specs: Sequence[str]) -> dict[str, str]:
         name, sep, path = spec.partition("=")
         name, path = (name, path) if sep and name and path else (spec, spec)
         if name in named:
-            raise ValueError(f"run name {name!r} given twice")
+            raise UsageError(f"run name {name!r} given twice")
         named[name] = path
     return named
 
@@ -92,7 +94,7 @@ def evaluate_one(qrels, run_path: str, metrics, per_query_output: bool) -> dict:
 @main_wrapper
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging()
+    setup_logging(0, args.log_level)
     metrics = parse_metrics(args.metrics)  # before reading anything: a typo fails fast
     runs = parse_run_names(args.run)
     qrels = load_qrels(args.qrels)

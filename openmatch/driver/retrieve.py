@@ -17,12 +17,13 @@ import sys
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from ..arguments import DataArguments, InferenceArguments, ModelArguments, parse_args
+from ..arguments import DataArguments, InferenceArguments, ModelArguments
+from ..cli import main_wrapper, parse_args
+from ..errors import InputError, UsageError
 from ..utils import dist_context, setup_logging
-from ._cli import main_wrapper
 from .build_index import device_of
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("openmatch.retrieve")
 
 
 @dataclass
@@ -44,7 +45,7 @@ def check_compatible(model, manifest: dict, index_dir: str, allow_mismatch: bool
 
     built = manifest["model"]
     if int(model.embedding_dim) != int(built["dim"]):
-        raise ValueError(
+        raise InputError(
             f"the query encoder gives {model.embedding_dim}-dimensional embeddings but the index in {index_dir} holds "
             f"{built['dim']}-dimensional ones (built with {built['path'] or 'another model'}); encode queries and "
             "passages with the same model"
@@ -53,7 +54,7 @@ def check_compatible(model, manifest: dict, index_dir: str, allow_mismatch: bool
         return
     config = model.config.encoding_json() if hasattr(model.config, "encoding_json") else {}
     if config != built.get("config", config) or model_fingerprint(model) != built["fingerprint"]:
-        raise ValueError(
+        raise InputError(
             f"the query encoder is not the model that built the index in {index_dir} (built with "
             f"{built['path'] or 'another model'}); rebuild the index or pass --allow_model_mismatch"
         )
@@ -67,14 +68,14 @@ ARGUMENT_CLASSES = (ModelArguments, DataArguments, InferenceArguments, SearchArg
 def main(argv: Optional[Sequence[str]] = None) -> int:
     model_args, data_args, infer_args, search_args = parse_args(ARGUMENT_CLASSES, argv)
     rank, _ = dist_context()
-    setup_logging(rank)
+    setup_logging(rank, infer_args.log_level)
     if rank != 0:
         logger.info("rank %d: retrieval runs on rank 0 only", rank)
         return 0
     if not data_args.query_path:
-        raise ValueError("--query_path is required: the queries to search (TSV/JSONL, optionally .gz)")
+        raise UsageError("--query_path is required: the queries to search (TSV/JSONL, optionally .gz)")
     if not infer_args.trec_save_path:
-        raise ValueError("--trec_save_path is required: where to write the TREC run")
+        raise UsageError("--trec_save_path is required: where to write the TREC run")
     from .. import api
     from ..dataset.qrels import write_trec_run
     from ..retriever.search import EmbeddingIndex

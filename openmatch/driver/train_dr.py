@@ -15,12 +15,13 @@ from typing import Optional, Sequence
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..arguments import DataArguments, DRTrainingArguments, ModelArguments, parse_args
+from ..arguments import DataArguments, DRTrainingArguments, ModelArguments
+from ..cli import main_wrapper, parse_args
 from ..dataset.train_dataset import TrainCollator, TrainDataset
+from ..errors import MissingInputError, OutputExistsError, UsageError
 from ..modeling import load_model_and_tokenizer
 from ..trainer import DRTrainer
 from ..utils import setup_logging
-from ._cli import main_wrapper
 
 logger = logging.getLogger("openmatch.train_dr")
 
@@ -43,15 +44,15 @@ def resolve_resume(training_args) -> Optional[str]:
         if str(resume).lower() in _RESUME_LAST:
             last = get_last_checkpoint(str(out)) if out.is_dir() else None
             if last is None:
-                raise FileNotFoundError(f"{out}: no checkpoint-N folder to resume from (--resume_from_checkpoint)")
+                raise MissingInputError(f"{out}: no checkpoint-N folder to resume from (--resume_from_checkpoint)")
             return last
         if not Path(resume).is_dir():
-            raise FileNotFoundError(f"{resume}: no such checkpoint folder (--resume_from_checkpoint)")
+            raise MissingInputError(f"{resume}: no such checkpoint folder (--resume_from_checkpoint)")
         return str(resume)
     if out.is_dir() and not training_args.overwrite_output_dir:
         previous = [p.name for p in out.iterdir() if p.name.startswith("checkpoint-") or p.name == "openmatch_config.json"]
         if previous:
-            raise FileExistsError(
+            raise OutputExistsError(
                 f"{out} already holds a training run ({', '.join(sorted(previous)[:3])}); pass "
                 "--resume_from_checkpoint true to continue it or --overwrite_output_dir to train over it"
             )
@@ -61,7 +62,7 @@ def resolve_resume(training_args) -> Optional[str]:
 def build_trainer(model_args, data_args, training_args, callbacks=None) -> DRTrainer:
     """Model, tokenizer, datasets and collator composed into a ``DRTrainer`` (what ``main`` trains)."""
     if not (data_args.train_path or data_args.train_dir):
-        raise ValueError("give the training data with --train_path FILE or --train_dir FOLDER")
+        raise UsageError("give the training data with --train_path FILE or --train_dir FOLDER")
     set_seed(training_args.seed)
     model, tokenizer = load_model_and_tokenizer(model_args)
     data_seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
@@ -88,7 +89,7 @@ def build_trainer(model_args, data_args, training_args, callbacks=None) -> DRTra
 @main_wrapper
 def main(argv: Optional[Sequence[str]] = None) -> None:
     model_args, data_args, training_args = parse_args(ARGUMENT_CLASSES, argv)
-    setup_logging(training_args.process_index if training_args.world_size > 1 else 0)
+    setup_logging(training_args.process_index if training_args.world_size > 1 else 0, training_args.log_level)
     resume = resolve_resume(training_args)
     logger.info(
         "process %d of %d on %s, fp16=%s bf16=%s", training_args.process_index, training_args.world_size,

@@ -1,45 +1,20 @@
 #!/usr/bin/env python
-"""Build OpenMatch hard-negative training JSONL from a TREC run (the recipe's ``build_hn.py``).
+"""The recipe's ``build_hn.py``: build OpenMatch hard-negative training JSONL from a TREC run.
 
-Negatives: the top ``--depth`` hits of each query in ``--hn_file`` minus its judged positives, of which
-``--n_sample`` are drawn reproducibly from ``--seed`` and the query id. (OpenMatch removes positives
-first and then keeps 200 of the rest; here ``--depth`` counts ranks, as the recipe describes it.)
-Positives and everything else as in ``build_train.py``. Writes ``split00.hn.jsonl``, ... into
-``--save_to``; merge them with ``cat SAVE_TO/split*.hn.jsonl``.
+The command is :mod:`openmatch.driver.build_hn` (also installed as ``openmatch-build-hn``); this file keeps the
+recipe's ``python scripts/msmarco/build_hn.py ...`` working. openmatch must be installed: ``pip install -e .``.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 try:
-    import openmatch  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from openmatch.preprocessing import add_common_arguments, build, config_from_args, iter_run_groups, run_cli
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hn_file", required=True, help="TREC run: qid Q0 pid rank score run_id")
-    parser.add_argument("--depth", type=int, default=200, help="hits per query considered (by rank)")
-    add_common_arguments(parser)
-    return parser
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    config = config_from_args(args, shard_suffix=".hn.jsonl")
-    return build(config, lambda: iter_run_groups(args.hn_file, args.depth), args.hn_file)
-
+    from openmatch.driver.build_hn import build_parser, main, parse_args  # noqa: F401  (docs and tests use them)
+except ModuleNotFoundError as err:
+    if err.name != "openmatch":
+        raise
+    sys.exit("error: openmatch is not installed; run pip install -e . in the repository first")
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(main())

@@ -1,48 +1,20 @@
 #!/usr/bin/env python
-"""Build OpenMatch training JSONL from MS MARCO-style files (the recipe's ``build_train.py``).
+"""The recipe's ``build_train.py``: build OpenMatch training JSONL from MS MARCO-style files.
 
-Positives: every passage judged relevant in ``--qrels``. Negatives: ``--n_sample`` drawn from the
-query's line in ``--negative_file`` (``qid<TAB>neg1,neg2,...``, see ``prepare_marco.sh``), excluding
-positives and duplicates; the draw depends only on ``--seed`` and the query id, so the output is
-byte-identical whatever ``--num_workers``. Writes ``split00.jsonl``, ``split01.jsonl``, ... into
-``--save_to``; merge them with ``cat SAVE_TO/split*[0-9].jsonl`` (``*.jsonl`` would also catch
-build_hn's ``*.hn.jsonl`` and earlier merged files in the same folder). Queries and passages with no token
-after the template and tokenisation are skipped (never written as ``[]``) and counted in the final summary.
+The command is :mod:`openmatch.driver.build_train` (also installed as ``openmatch-build-train``); this file keeps the
+recipe's ``python scripts/msmarco/build_train.py ...`` working. openmatch must be installed: ``pip install -e .``.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 try:
-    import openmatch  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from openmatch.dataset.readers import count_lines
-from openmatch.preprocessing import add_common_arguments, build, config_from_args, iter_negatives_file, run_cli
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--negative_file", required=True, help="qid<TAB>neg1,neg2,... (train.negatives.tsv)")
-    add_common_arguments(parser)
-    return parser
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    config = config_from_args(args, shard_suffix=".jsonl")
-    total = count_lines(args.negative_file)
-    return build(config, lambda: iter_negatives_file(args.negative_file), args.negative_file, total=total)
-
+    from openmatch.driver.build_train import build_parser, main, parse_args  # noqa: F401  (docs and tests use them)
+except ModuleNotFoundError as err:
+    if err.name != "openmatch":
+        raise
+    sys.exit("error: openmatch is not installed; run pip install -e . in the repository first")
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(main())
