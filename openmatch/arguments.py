@@ -43,12 +43,16 @@ class ModelArguments:
     projection_out_dim: int = field(default=768, metadata={"help": "output size of the linear head"})
     encoder_only: bool = field(default=False, metadata={"help": "T5: use only the encoder and pool it"})
     normalize: bool = field(default=False, metadata={"help": "L2-normalise representations"})
-    temperature: float = field(
-        default=1.0, metadata={"help": "scores are divided by this in the loss (1 = plain dot product)"}
+    temperature: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "scores are divided by this in the loss (1 = plain dot product); not given: a checkpoint's "
+            "stored value, else 1"
+        },
     )
 
     def __post_init__(self):
-        if self.temperature <= 0:
+        if self.temperature is not None and self.temperature <= 0:
             raise ValueError(f"--temperature must be positive, got {self.temperature}")
 
 

@@ -121,7 +121,7 @@ def test_defaults(tmp_path):
     assert model.pooling == "first" and model.feature == "last_hidden_state"
     assert (model.projection_in_dim, model.projection_out_dim) == (768, 768)
     assert not model.encoder_only and not model.normalize and not model.add_linear_head
-    assert model.temperature == 1.0 and not model.untie_encoder
+    assert model.temperature is None and not model.untie_encoder  # None: the checkpoint's, else 1
     assert data.query_template is None and data.doc_column_names is None
     _, _, train = parse_quietly(TRAIN, ["--output_dir", str(tmp_path), "--model_name_or_path", "m"])
     assert not train.negatives_x_device and not train.grad_cache

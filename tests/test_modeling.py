@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertModel, T5Model
 
-from openmatch.arguments import ModelArguments
+from openmatch.arguments import ModelArguments, parse_args
 from openmatch.modeling import DRModel, DROutput, load_model_and_tokenizer
 
 TEXTS = ["kalo mine ruka saka tivo zepa", "quodo fegi", "hoju kalo"]
@@ -177,16 +177,46 @@ def test_save_load_round_trip(fixture, flags, request, tmp_path):
         assert (out / "model.safetensors").exists()
     assert not list(tmp_path.glob(".*tmp")), "temporary folder left behind"
 
-    # Flags given at load time do not change a checkpoint's architecture.
+    # The stored configuration comes back whole, the loss temperature included.
     loaded, tok2 = load_model_and_tokenizer(ModelArguments(model_name_or_path=str(out)))
     loaded.eval()
-    assert loaded.config == model.config.__class__(**{**model.config.to_dict(), "temperature": 1.0})
+    assert loaded.config == model.config
     assert tok2.pad_token_id == tok.pad_token_id
     q2, p2 = reps(loaded, batch)
     torch.testing.assert_close(q2, q, rtol=0, atol=0)
     torch.testing.assert_close(p2, p, rtol=0, atol=0)
     # DRModel.load keeps the stored temperature.
     assert DRModel.load(out).config.temperature == flags.get("temperature", 1.0)
+
+
+def write_train_file(path: Path) -> Path:
+    path.write_text("".join(json.dumps({"query": [7, 8], "positives": [[9, 10, 11]], "negatives": [[12, 13]]}) + "\n"
+                            for _ in range(4)))
+    return path
+
+
+def test_checkpoint_temperature_is_kept_unless_the_flag_is_given(tiny_bert, tmp_path):
+    from openmatch.arguments import DataArguments, DRTrainingArguments
+    from openmatch.driver.train_dr import build_trainer
+
+    build(tiny_bert, pooling="mean", normalize=True, temperature=0.05).save(tmp_path / "ckpt")
+    train = write_train_file(tmp_path / "train.jsonl")
+
+    def trained_at(model_path, *flags) -> float:
+        """The loss temperature of train_dr given these flags (as on its command line)."""
+        argv = ["--model_name_or_path", str(model_path), "--output_dir", str(tmp_path / "out"), "--train_path",
+                str(train), "--report_to", "none", *flags]
+        trainer = build_trainer(*parse_args((ModelArguments, DataArguments, DRTrainingArguments), argv))
+        assert trainer.model.config.temperature == trainer.loss_fn.temperature
+        return trainer.loss_fn.temperature
+
+    assert trained_at(tmp_path / "ckpt") == 0.05  # further training optimises the loss it was trained with
+    assert trained_at(tmp_path / "ckpt", "--temperature", "0.1") == 0.1
+    assert trained_at(tiny_bert) == 1.0
+    assert trained_at(tiny_bert, "--temperature", "0.2") == 0.2
+    # Inference and the Python API agree.
+    assert DRModel.load(tmp_path / "ckpt").config.temperature == 0.05
+    assert DRModel.load(tmp_path / "ckpt", temperature=0.5).config.temperature == 0.5
 
 
 def test_conflicting_flags_warn_once(tiny_bert, tmp_path, caplog):

@@ -325,17 +325,13 @@ class DRModel(nn.Module):
     def load(cls, path: str | os.PathLike, **overrides) -> "DRModel":
         """Load a checkpoint folder (ours or OpenMatch's) with its stored settings; a plain HF folder
         gets the default flags. ``overrides`` are ``ModelArguments`` fields."""
-        path = str(path)
-        config_file = Path(path) / CONFIG_NAME
-        if config_file.exists() and "temperature" not in overrides:
-            stored = json.loads(config_file.read_text())
-            overrides["temperature"] = float(stored.get("temperature", 1.0))
-        return cls.build(ModelArguments(model_name_or_path=path, **overrides))
+        return cls.build(ModelArguments(model_name_or_path=str(path), **overrides))
 
     @classmethod
     def build(cls, model_args: ModelArguments) -> "DRModel":
         """Build from ``--model_name_or_path``: our/OpenMatch's checkpoint folder (its stored architecture wins
-        over flags, with a warning naming each conflicting flag) or a plain Hugging Face model (flags decide)."""
+        over flags, with a warning naming each conflicting flag; its loss temperature is kept unless
+        ``--temperature`` is given) or a plain Hugging Face model (flags decide; temperature 1 by default)."""
         path = Path(model_args.model_name_or_path)
         if (path / CONFIG_NAME).exists():
             return cls._build_from_checkpoint(path, model_args)
@@ -372,7 +368,7 @@ class DRModel(nn.Module):
             projection_in_dim=model_args.projection_in_dim if model_args.add_linear_head else None,
             projection_out_dim=model_args.projection_out_dim if model_args.add_linear_head else None,
             normalize=model_args.normalize,
-            temperature=model_args.temperature,
+            temperature=1.0 if model_args.temperature is None else model_args.temperature,
             encoder_only=class_name not in DECODER_BACKBONES,
         )
         head_q = None
@@ -396,7 +392,10 @@ class DRModel(nn.Module):
         except json.JSONDecodeError as err:
             raise ValueError(f"{path / CONFIG_NAME}:{err.lineno}: invalid JSON ({err.msg})") from None
         config = DRModelConfig.from_openmatch_json(raw, source=str(path / CONFIG_NAME))
-        config.temperature = model_args.temperature  # a loss hyper-parameter, not architecture: the flag decides
+        if model_args.temperature is not None:
+            # A loss setting, not architecture: a flag given on purpose wins; otherwise the checkpoint's value
+            # is kept, so resuming training from it optimises the same loss it was trained with.
+            config.temperature = model_args.temperature
         _warn_conflicts(path, config, model_args)
         if config.feature not in ("last_hidden_state", "pooler_output"):
             raise ValueError(f"{path / CONFIG_NAME}: unsupported feature {config.feature!r}")
