@@ -172,7 +172,7 @@ def test_save_load_round_trip(fixture, flags, request, tmp_path):
         for tower in ("query_model", "passage_model"):
             assert (out / tower / "model.safetensors").exists()
             assert json.loads((out / tower / "head_config.json").read_text()) == {"input_dim": 32, "output_dim": 8}
-            assert (out / tower / "linear.safetensors").exists()
+            assert (out / tower / "linear.safetensors").exists() and (out / tower / "linear.pt").exists()
     else:
         assert (out / "model.safetensors").exists()
     assert not list(tmp_path.glob(".*tmp")), "temporary folder left behind"
@@ -217,6 +217,83 @@ def test_checkpoint_temperature_is_kept_unless_the_flag_is_given(tiny_bert, tmp_
     # Inference and the Python API agree.
     assert DRModel.load(tmp_path / "ckpt").config.temperature == 0.05
     assert DRModel.load(tmp_path / "ckpt", temperature=0.5).config.temperature == 0.5
+
+
+class OpenMatchLinearHead(torch.nn.Module):
+    """OpenMatch v2's ``LinearHead`` (src/openmatch/modeling/linear.py), reproduced to check our files."""
+
+    def __init__(self, input_dim: int = 768, output_dim: int = 768):
+        super().__init__()
+        self.linear = torch.nn.Linear(input_dim, output_dim, bias=False)
+        self.config = {"input_dim": input_dim, "output_dim": output_dim}
+
+    def forward(self, rep):
+        return self.linear(rep)
+
+    @classmethod
+    def load(cls, ckpt_dir):
+        import os
+
+        with open(os.path.join(ckpt_dir, "head_config.json")) as f:
+            config = json.load(f)
+        model = cls(**config)
+        # OpenMatch calls torch.load without arguments; torch >= 2.6 means weights_only=True by default.
+        model.load_state_dict(torch.load(os.path.join(ckpt_dir, "linear.pt"), weights_only=True))
+        return model
+
+
+def test_openmatch_loads_our_heads(tiny_bert, tmp_path):
+    import transformers
+
+    model, tok = load_model_and_tokenizer(ModelArguments(
+        model_name_or_path=str(tiny_bert), pooling="mean", add_linear_head=True, projection_in_dim=32,
+        projection_out_dim=8,
+    ))
+    model.eval()
+    perturb(model, 4)
+    model.save(tmp_path / "tied", tokenizer=tok)
+    batch = batch_for(tiny_bert)
+    # OpenMatch's DRModel.build for a tied checkpoint: the backbone class named in openmatch_config.json
+    # from the folder, then LinearHead.load of the same folder.
+    config = json.loads((tmp_path / "tied" / "openmatch_config.json").read_text())
+    backbone = getattr(transformers, config["plm_backbone"]["type"]).from_pretrained(str(tmp_path / "tied")).eval()
+    head = OpenMatchLinearHead.load(tmp_path / "tied")
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    with torch.no_grad():
+        pooled = (backbone(**batch).last_hidden_state * mask).sum(1) / mask.sum(1)
+        theirs = head(pooled)
+    torch.testing.assert_close(theirs, reps(model, batch)[0], atol=1e-6, rtol=1e-6)
+
+    # Untied: each tower folder's head is loadable the same way and holds that tower's weights.
+    untied = build(tiny_bert, untie_encoder=True, add_linear_head=True, projection_in_dim=32, projection_out_dim=8)
+    perturb(untied.head_p, 5)
+    untied.save(tmp_path / "untied")
+    for tower, ours in (("query_model", untied.head_q), ("passage_model", untied.head_p)):
+        theirs = OpenMatchLinearHead.load(tmp_path / "untied" / tower)
+        assert torch.equal(theirs.linear.weight, ours.linear.weight)
+
+
+def test_interrupted_head_save_never_looks_complete(tiny_bert, tmp_path, monkeypatch):
+    model = build(tiny_bert, add_linear_head=True, projection_in_dim=32, projection_out_dim=8)
+    real_save = torch.save
+
+    def half_written(obj, handle, *args, **kwargs):
+        handle.write(b"PK\x03\x04 half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", half_written)
+    with pytest.raises(OSError, match="disk full"):
+        model.save(tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt").exists() and not list(tmp_path.iterdir())
+    (tmp_path / "run").mkdir()
+    with pytest.raises(OSError, match="disk full"):
+        model.save(tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(("linear", "openmatch"))) == [
+        "linear.safetensors"
+    ], "no half-written linear.pt, no completion marker"
+    monkeypatch.setattr(torch, "save", real_save)
+    model.save(tmp_path / "run")
+    assert OpenMatchLinearHead.load(tmp_path / "run").linear.weight.shape == (8, 32)
 
 
 def test_conflicting_flags_warn_once(tiny_bert, tmp_path, caplog):
@@ -302,7 +379,8 @@ def test_missing_files_are_clear_errors(tiny_bert, tmp_path):
         build(tmp_path / "ckpt")
 
     build(tiny_bert, untie_encoder=True, add_linear_head=True, projection_in_dim=32).save(tmp_path / "untied")
-    (tmp_path / "untied" / "passage_model" / "linear.safetensors").unlink()
+    for name in ("linear.safetensors", "linear.pt"):
+        (tmp_path / "untied" / "passage_model" / name).unlink()
     with pytest.raises(FileNotFoundError, match="passage_model: checkpoint has a linear head but neither linear.safetensors"):
         build(tmp_path / "untied")
     shutil.rmtree(tmp_path / "untied" / "query_model")

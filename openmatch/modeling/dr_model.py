@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from transformers.utils import ModelOutput
 
 from ..arguments import ModelArguments
-from ..utils import write_json_atomic
+from ..utils import atomic_output, write_json_atomic
 from .config import DECODER_BACKBONES, T5_ENCODER_BACKBONES, DRModelConfig
 
 logger = logging.getLogger(__name__)
@@ -59,11 +59,21 @@ class LinearHead(nn.Module):
         return self.linear(x)
 
     def save(self, folder: str | os.PathLike) -> None:
-        from safetensors.torch import save_file
+        """Write ``linear.safetensors``, ``linear.pt`` and ``head_config.json`` into ``folder``.
+
+        ``linear.pt`` is what OpenMatch's ``LinearHead.load`` reads: a plain ``{"linear.weight": tensor}``
+        state dict (loadable with ``weights_only=True``). Each file is renamed into place once complete.
+        """
+        from safetensors.torch import save as safetensors_bytes
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({HEAD_WEIGHT_KEY: self.linear.weight.detach().contiguous().cpu()}, str(folder / HEAD_WEIGHTS_NAME))
+        # A copy: torch.save writes a tensor's whole storage, which for a view could be more than the weight.
+        state = {HEAD_WEIGHT_KEY: self.linear.weight.detach().to("cpu", copy=True).contiguous()}
+        with atomic_output(folder / HEAD_WEIGHTS_NAME, "wb") as handle:
+            handle.write(safetensors_bytes(state))
+        with atomic_output(folder / OPENMATCH_HEAD_WEIGHTS_NAME, "wb") as handle:
+            torch.save(state, handle)
         write_json_atomic(folder / HEAD_CONFIG_NAME, {"input_dim": self.input_dim, "output_dim": self.output_dim})
 
     @classmethod
@@ -286,10 +296,10 @@ class DRModel(nn.Module):
         """Write a checkpoint that :meth:`build` (and, when tied, OpenMatch) can load.
 
         Tied: the backbone's ``save_pretrained`` files at the root; untied: ``query_model/`` and
-        ``passage_model/``. Heads as ``linear.safetensors`` + ``head_config.json`` (inside each tower folder
-        when untied). ``openmatch_config.json`` is written last and marks the checkpoint complete: a new
-        folder is written as a temporary sibling and renamed at the end; in an existing folder the old
-        marker is removed first, so an interrupted save never looks complete.
+        ``passage_model/``. Heads as ``linear.safetensors``, OpenMatch's ``linear.pt`` and ``head_config.json``
+        (inside each tower folder when untied). ``openmatch_config.json`` is written last and marks the
+        checkpoint complete: a new folder is written as a temporary sibling and renamed at the end; in an
+        existing folder the old marker is removed first, so an interrupted save never looks complete.
         """
         output_dir = Path(output_dir)
         if output_dir.exists():
