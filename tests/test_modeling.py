@@ -12,7 +12,7 @@ import torch
 from transformers import AutoTokenizer, BertModel, T5Model
 
 from openmatch.arguments import ModelArguments, parse_args
-from openmatch.modeling import DRModel, DROutput, load_model_and_tokenizer
+from openmatch.modeling import ContrastiveLoss, DRModel, DROutput, load_model_and_tokenizer
 
 TEXTS = ["kalo mine ruka saka tivo zepa", "quodo fegi", "hoju kalo"]
 
@@ -110,7 +110,6 @@ def test_forward_score_and_tying(tiny_bert):
     model = build(tiny_bert)
     out = model(query=batch, passage=batch)
     assert isinstance(out, DROutput) and out.loss is None
-    torch.testing.assert_close(model.score(out.q_reps, out.p_reps), out.q_reps @ out.p_reps.T)
     assert model(query=batch).p_reps is None
     # Tied: one backbone, registered once (no duplicated tensors in the state dict).
     assert model.lm_p is model.lm_q
@@ -121,6 +120,36 @@ def test_forward_score_and_tying(tiny_bert):
     untied = build(tiny_bert, untie_encoder=True)
     assert untied.lm_p is not untied.lm_q
     torch.testing.assert_close(reps(untied, batch)[0], reps(untied, batch)[1])
+
+
+def test_scores_are_the_loss_logits_of_independently_computed_reps(tiny_bert):
+    """score(q, p) equals dot products of reps computed here by hand (each text alone, unpadded, through its
+    own tower, mean-pooled, headed and normalised), and the loss is cross-entropy over score / temperature."""
+    passages = ["ruka saka", "tivo zepa kalo mine", "fegi", "quodo hoju kalo ruka", "zepa", "mine saka tivo"]
+    model = build(tiny_bert, untie_encoder=True, pooling="mean", add_linear_head=True, projection_in_dim=32,
+                  projection_out_dim=8, normalize=True)
+    perturb(model.lm_p, 1)  # the towers differ, so a query encoded as a passage would give other scores
+    perturb(model.head_p, 2)
+    q_batch, p_batch = batch_for(tiny_bert), batch_for(tiny_bert, passages)
+    with torch.no_grad():
+        out = model(query=q_batch, passage=p_batch)
+        scores = model.score(out.q_reps, out.p_reps)
+
+    def by_hand(lm, head, texts):
+        rows = []
+        for text in texts:
+            with torch.no_grad():
+                pooled = lm(**batch_for(tiny_bert, [text])).last_hidden_state[0].mean(0)
+            rows.append(torch.nn.functional.normalize(head.linear.weight.detach() @ pooled, dim=0))
+        return torch.stack(rows)
+
+    want = by_hand(model.lm_q, model.head_q, TEXTS) @ by_hand(model.lm_p, model.head_p, passages).T
+    assert scores.shape == (3, 6)
+    torch.testing.assert_close(scores, want, atol=1e-5, rtol=1e-5)
+    assert (scores.argsort(dim=1, descending=True) == want.argsort(dim=1, descending=True)).all()
+    # Two passages per query (positive first): the loss's logits are these scores over the temperature.
+    loss = ContrastiveLoss(temperature=0.05)(out.q_reps, out.p_reps)
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(want / 0.05, torch.tensor([0, 2, 4])))
 
 
 def test_untied_towers_train_separately(tiny_bert):
