@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from transformers.utils import ModelOutput
 
 from ..arguments import ModelArguments
-from ..utils import write_json_atomic
+from ..utils import atomic_output, write_json_atomic
 from .config import DECODER_BACKBONES, T5_ENCODER_BACKBONES, DRModelConfig
 
 logger = logging.getLogger(__name__)
@@ -59,11 +59,21 @@ class LinearHead(nn.Module):
         return self.linear(x)
 
     def save(self, folder: str | os.PathLike) -> None:
-        from safetensors.torch import save_file
+        """Write ``linear.safetensors``, ``linear.pt`` and ``head_config.json`` into ``folder``.
+
+        ``linear.pt`` is what OpenMatch's ``LinearHead.load`` reads: a plain ``{"linear.weight": tensor}``
+        state dict (loadable with ``weights_only=True``). Each file is renamed into place once complete.
+        """
+        from safetensors.torch import save as safetensors_bytes
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({HEAD_WEIGHT_KEY: self.linear.weight.detach().contiguous().cpu()}, str(folder / HEAD_WEIGHTS_NAME))
+        # A copy: torch.save writes a tensor's whole storage, which for a view could be more than the weight.
+        state = {HEAD_WEIGHT_KEY: self.linear.weight.detach().to("cpu", copy=True).contiguous()}
+        with atomic_output(folder / HEAD_WEIGHTS_NAME, "wb") as handle:
+            handle.write(safetensors_bytes(state))
+        with atomic_output(folder / OPENMATCH_HEAD_WEIGHTS_NAME, "wb") as handle:
+            torch.save(state, handle)
         write_json_atomic(folder / HEAD_CONFIG_NAME, {"input_dim": self.input_dim, "output_dim": self.output_dim})
 
     @classmethod
@@ -286,10 +296,10 @@ class DRModel(nn.Module):
         """Write a checkpoint that :meth:`build` (and, when tied, OpenMatch) can load.
 
         Tied: the backbone's ``save_pretrained`` files at the root; untied: ``query_model/`` and
-        ``passage_model/``. Heads as ``linear.safetensors`` + ``head_config.json`` (inside each tower folder
-        when untied). ``openmatch_config.json`` is written last and marks the checkpoint complete: a new
-        folder is written as a temporary sibling and renamed at the end; in an existing folder the old
-        marker is removed first, so an interrupted save never looks complete.
+        ``passage_model/``. Heads as ``linear.safetensors``, OpenMatch's ``linear.pt`` and ``head_config.json``
+        (inside each tower folder when untied). ``openmatch_config.json`` is written last and marks the
+        checkpoint complete: a new folder is written as a temporary sibling and renamed at the end; in an
+        existing folder the old marker is removed first, so an interrupted save never looks complete.
         """
         output_dir = Path(output_dir)
         if output_dir.exists():
@@ -325,17 +335,13 @@ class DRModel(nn.Module):
     def load(cls, path: str | os.PathLike, **overrides) -> "DRModel":
         """Load a checkpoint folder (ours or OpenMatch's) with its stored settings; a plain HF folder
         gets the default flags. ``overrides`` are ``ModelArguments`` fields."""
-        path = str(path)
-        config_file = Path(path) / CONFIG_NAME
-        if config_file.exists() and "temperature" not in overrides:
-            stored = json.loads(config_file.read_text())
-            overrides["temperature"] = float(stored.get("temperature", 1.0))
-        return cls.build(ModelArguments(model_name_or_path=path, **overrides))
+        return cls.build(ModelArguments(model_name_or_path=str(path), **overrides))
 
     @classmethod
     def build(cls, model_args: ModelArguments) -> "DRModel":
         """Build from ``--model_name_or_path``: our/OpenMatch's checkpoint folder (its stored architecture wins
-        over flags, with a warning naming each conflicting flag) or a plain Hugging Face model (flags decide)."""
+        over flags, with a warning naming each conflicting flag; its loss temperature is kept unless
+        ``--temperature`` is given) or a plain Hugging Face model (flags decide; temperature 1 by default)."""
         path = Path(model_args.model_name_or_path)
         if (path / CONFIG_NAME).exists():
             return cls._build_from_checkpoint(path, model_args)
@@ -372,7 +378,7 @@ class DRModel(nn.Module):
             projection_in_dim=model_args.projection_in_dim if model_args.add_linear_head else None,
             projection_out_dim=model_args.projection_out_dim if model_args.add_linear_head else None,
             normalize=model_args.normalize,
-            temperature=model_args.temperature,
+            temperature=1.0 if model_args.temperature is None else model_args.temperature,
             encoder_only=class_name not in DECODER_BACKBONES,
         )
         head_q = None
@@ -396,7 +402,10 @@ class DRModel(nn.Module):
         except json.JSONDecodeError as err:
             raise ValueError(f"{path / CONFIG_NAME}:{err.lineno}: invalid JSON ({err.msg})") from None
         config = DRModelConfig.from_openmatch_json(raw, source=str(path / CONFIG_NAME))
-        config.temperature = model_args.temperature  # a loss hyper-parameter, not architecture: the flag decides
+        if model_args.temperature is not None:
+            # A loss setting, not architecture: a flag given on purpose wins; otherwise the checkpoint's value
+            # is kept, so resuming training from it optimises the same loss it was trained with.
+            config.temperature = model_args.temperature
         _warn_conflicts(path, config, model_args)
         if config.feature not in ("last_hidden_state", "pooler_output"):
             raise ValueError(f"{path / CONFIG_NAME}: unsupported feature {config.feature!r}")

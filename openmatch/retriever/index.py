@@ -361,7 +361,8 @@ def build_index(model, tokenizer, options: BuildOptions, model_path: str = "") -
             logger.info("rank %d: %d complete shard(s) found in %s; skipping them", rank, len(done), out)
         finished = bool(done) and any(meta["count"] < shard_size for meta in done.values())
         if not (state == "complete" or finished and _rank_complete(done, shard_size)):
-            _encode_rank(model, tokenizer, options, precision, template, rank, world_size, shard_size, done)
+            with precision.prepared(model) as runner:  # the caller's model is left as it was
+                _encode_rank(runner, tokenizer, options, precision, template, rank, world_size, shard_size, done)
     except BaseException as err:
         error = err
     _raise_unless_all_ok(error, "another rank failed while encoding; see its log")
@@ -401,7 +402,6 @@ def _encode_rank(model, tokenizer, options, precision, template, rank, world_siz
         window_batches=options.window_batches,
     )
     loader = make_loader(dataset, options.num_workers, pin_memory=precision.device.type == "cuda")
-    model = precision.prepare(model)
     # An upper bound for the progress bar: a block count of the lines, without parsing them.
     estimate = -(-count_lines(options.corpus_path) // world_size) - sum(meta["count"] for meta in done.values())
     bar = tqdm(
