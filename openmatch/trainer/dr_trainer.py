@@ -1,9 +1,10 @@
 """``DRTrainer``: the Hugging Face ``Trainer`` (transformers 5) taught to train a ``DRModel``.
 
 Only what differs from the stock trainer lives here: the contrastive step (optionally cross-device, optionally
-gradient-cached), checkpoints in ``DRModel``'s format (and resuming from them), and retrieval metrics next
-to the validation loss. Scheduling, mixed precision, gradient accumulation, DDP, logging (TensorBoard) and
-checkpoint rotation are the stock trainer's.
+gradient-cached), the training set's epoch (set by the trainer itself, see ``_run_epoch``), checkpoints in
+``DRModel``'s format (and resuming from them), and retrieval metrics next to the validation loss. Scheduling,
+mixed precision, gradient accumulation, DDP, logging (TensorBoard) and checkpoint rotation are the stock
+trainer's.
 """
 
 from __future__ import annotations
@@ -109,6 +110,21 @@ class DRTrainer(Trainer):
                 loss = self.compute_loss(model, inputs)
             self.accelerator.backward(loss * (scale * self._loss_factor))
         return loss.detach() * scale
+
+    def _run_epoch(self, model, epoch, *args, **kwargs):
+        """One pass over the training loader, with ``train_dataset.set_epoch(epoch)`` called first.
+
+        The stock trainer leaves the dataset's epoch to accelerate's ``DataLoaderShard.set_epoch``, which
+        forwards it to the dataset only when the batch sampler is not wrapped: under ``BatchSamplerShard``
+        (every multi-process run) and ``SkipBatchSampler`` (the epoch a run resumes inside) it sets the
+        sampler's epoch and stops there, so the passages of epoch 0 would be drawn again. The shuffle order is
+        not affected: the seedable sampler gets its epoch in all these cases. Setting the epoch here, before
+        the epoch's loader iterator exists, also reaches loader workers, which copy the dataset when the
+        iterator starts them.
+        """
+        if hasattr(self.train_dataset, "set_epoch"):
+            self.train_dataset.set_epoch(epoch)
+        return super()._run_epoch(model, epoch, *args, **kwargs)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Validation loss only (the retrieval metrics are computed over the whole set in ``evaluation_loop``)."""
