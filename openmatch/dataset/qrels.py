@@ -4,8 +4,8 @@ Qrels layouts accepted (whitespace: tab or spaces):
 - official TREC/MS MARCO: ``qid 0 pid rel`` (4 columns),
 - two columns: ``qid pid`` (relevance 1),
 - BEIR: a ``query-id corpus-id score`` header, then 3 columns.
-Judgments of relevance 0 are kept (they matter to nDCG's ideal ranking only through their absence, and to
-"judged" counts); metrics treat relevance > 0 as relevant.
+Judgments of relevance 0 are kept: metrics treat relevance > 0 as relevant, but a query judged only 0 is
+still a query of the evaluation (it scores 0, as in trec_eval).
 """
 
 from __future__ import annotations
