@@ -18,7 +18,8 @@ import torch
 from transformers import Trainer
 from transformers.training_args import ParallelMode
 
-from ..modeling import ContrastiveLoss, DRModel, gather_with_grad
+from ..distributed import gather_with_grad
+from ..modeling import ContrastiveLoss, DRModel
 from ..utils import dataclasses_to_dict, write_json_atomic
 from .gradcache import GradCache
 from .retrieval_eval import RetrievalValidation, parse_ks
