@@ -1,4 +1,4 @@
-"""Dense-retrieval model (``DRModel``), its configuration and the contrastive loss.
+"""Dense-retrieval model (``DRModel``), its configuration, checkpoint folders and the contrastive loss.
 
 Names are imported lazily so that ``ContrastiveLoss`` (torch only) does not pull in transformers, which keeps
 spawned worker processes quick to start. ``gather_with_grad`` lives in :mod:`openmatch.distributed` and is
@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING
 
 _EXPORTS = {
     "DRModelConfig": ".config",
+    "TrainingSettings": ".config",
     "DRModel": ".dr_model",
     "DROutput": ".dr_model",
     "LinearHead": ".dr_model",
-    "load_model_and_tokenizer": ".dr_model",
+    "load_model_and_tokenizer": ".checkpoint",
     "ContrastiveLoss": ".loss",
     "gather_with_grad": "..distributed",
 }
@@ -24,8 +25,9 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..distributed import gather_with_grad
-    from .config import DRModelConfig
-    from .dr_model import DRModel, DROutput, LinearHead, load_model_and_tokenizer
+    from .checkpoint import load_model_and_tokenizer
+    from .config import DRModelConfig, TrainingSettings
+    from .dr_model import DRModel, DROutput, LinearHead
     from .loss import ContrastiveLoss
 
 
