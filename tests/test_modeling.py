@@ -248,6 +248,71 @@ def test_checkpoint_temperature_is_kept_unless_the_flag_is_given(tiny_bert, tmp_
     assert DRModel.load(tmp_path / "ckpt", temperature=0.5).config.temperature == 0.5
 
 
+def test_training_settings_are_stored_beside_the_encoder_not_in_it(tiny_bert, tmp_path):
+    """The temperature round-trips through openmatch_config.json as a training setting, while the encoder's
+    identity (what indexes record) is the same whatever the temperature."""
+    from openmatch.modeling import DRModelConfig, TrainingSettings
+    from openmatch.modeling.checkpoint import read_config
+
+    encoder = dict(pooling="mean", normalize=True, plm_backbone_type="BertModel")
+    cold = DRModelConfig(**encoder, training=TrainingSettings(temperature=0.05))
+    warm = DRModelConfig(**encoder)
+    stored = cold.to_openmatch_json()
+    assert stored["temperature"] == 0.05 and cold.temperature == 0.05 and warm.temperature == 1.0
+    assert DRModelConfig.from_openmatch_json(stored) == cold
+    assert cold != warm and cold.encoding_json() == warm.encoding_json()
+    assert not set(TrainingSettings().to_json()) & set(cold.encoding_json())
+
+    build(tiny_bert, pooling="mean", normalize=True, temperature=0.05).save(tmp_path / "ckpt")
+    assert read_config(tmp_path / "ckpt").training == TrainingSettings(temperature=0.05)
+    assert read_config(tmp_path / "ckpt").encoding_json() == warm.encoding_json()
+
+
+def test_encoder_only_is_not_saved_and_old_checkpoints_with_it_load(tiny_t5, tmp_path):
+    model = build(tiny_t5, encoder_only=True, pooling="mean")
+    model.save(tmp_path / "ckpt")
+    stored = json.loads((tmp_path / "ckpt" / "openmatch_config.json").read_text())
+    assert sorted(stored) == ["linear_head", "normalize", "plm_backbone", "pooling", "projection_in_dim",
+                              "projection_out_dim", "temperature", "tied"]
+    assert stored["plm_backbone"]["type"] == "T5EncoderModel"  # what --encoder_only chose, without its own key
+
+    # A checkpoint written before keeps its encoder_only key: read, ignored, same model.
+    (tmp_path / "ckpt" / "openmatch_config.json").write_text(json.dumps({**stored, "encoder_only": True}))
+    old = build(tmp_path / "ckpt")
+    assert old.config == model.config
+    batch = batch_for(tiny_t5)
+    torch.testing.assert_close(reps(old, batch), reps(model, batch), rtol=0, atol=0)
+    # Indexes built before recorded this identity (encoder_only included); it must still match.
+    assert old.config.encoding_json() == {
+        "tied": True, "plm_backbone": {"type": "T5EncoderModel", "feature": "last_hidden_state"},
+        "pooling": "mean", "linear_head": False, "normalize": False, "projection_in_dim": None,
+        "projection_out_dim": None, "encoder_only": True,
+    }
+
+
+def test_checkpoint_file_names_are_spelled_once():
+    """Every checkpoint file and folder name is a constant of openmatch.modeling.checkpoint: no other module of
+    the package or scripts spells it, so a renamed file cannot be read under its old name somewhere."""
+    import ast
+
+    from openmatch.modeling import checkpoint
+
+    names = {checkpoint.CONFIG_NAME, checkpoint.HEAD_CONFIG_NAME, checkpoint.HEAD_WEIGHTS_NAME,
+             checkpoint.OPENMATCH_HEAD_WEIGHTS_NAME, checkpoint.HEAD_WEIGHT_KEY, checkpoint.QUERY_MODEL_DIR,
+             checkpoint.PASSAGE_MODEL_DIR, *checkpoint.OPENMATCH_HEAD_DIRS}
+    root = Path(checkpoint.__file__).parents[2]
+    spelled = {}
+    for source in sorted((root / "openmatch").rglob("*.py")) + sorted((root / "scripts").rglob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            if isinstance(node, ast.Constant) and node.value in names:
+                spelled.setdefault(node.value, []).append(f"{source.relative_to(root)}:{node.lineno}")
+    assert set(spelled) == names
+    assert {name: places for name, places in spelled.items() if len(places) > 1} == {}
+    assert {place.split(":")[0] for places in spelled.values() for place in places} == {
+        "openmatch/modeling/checkpoint.py"
+    }
+
+
 class OpenMatchLinearHead(torch.nn.Module):
     """OpenMatch v2's ``LinearHead`` (src/openmatch/modeling/linear.py), reproduced to check our files."""
 
@@ -327,7 +392,7 @@ def test_interrupted_head_save_never_looks_complete(tiny_bert, tmp_path, monkeyp
 
 def test_conflicting_flags_warn_once(tiny_bert, tmp_path, caplog):
     build(tiny_bert, pooling="mean").save(tmp_path / "ckpt")
-    with caplog.at_level(logging.WARNING, logger="openmatch.modeling.dr_model"):
+    with caplog.at_level(logging.WARNING, logger="openmatch.modeling.checkpoint"):
         model = build(tmp_path / "ckpt", untie_encoder=True, normalize=True)
     assert model.config.tied and not model.config.normalize and model.config.pooling == "mean"
     warnings = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]

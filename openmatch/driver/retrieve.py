@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from ..arguments import DataArguments, InferenceArguments, ModelArguments, parse_args
-from ..utils import dist_context, setup_logging
+from ..distributed import dist_context
+from ..utils import setup_logging
 from ._cli import main_wrapper
 from .build_index import device_of
 

@@ -19,7 +19,9 @@ import torch
 from transformers import Trainer
 from transformers.training_args import ParallelMode
 
-from ..modeling import ContrastiveLoss, DRModel, gather_with_grad
+from ..distributed import gather_with_grad
+from ..modeling import ContrastiveLoss, DRModel
+from ..modeling.checkpoint import CONFIG_NAME
 from ..utils import dataclasses_to_dict, write_json_atomic
 from .gradcache import GradCache
 from .retrieval_eval import RetrievalValidation, parse_ks
@@ -167,8 +169,8 @@ class DRTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         """Load the weights of one of our checkpoints (the stock loader expects a single HF weights file)."""
         path = Path(resume_from_checkpoint)
-        if not (path / "openmatch_config.json").exists():
-            raise ValueError(f"{path}: not a DRTrainer checkpoint (no openmatch_config.json); cannot resume from it")
+        if not (path / CONFIG_NAME).exists():
+            raise ValueError(f"{path}: not a DRTrainer checkpoint (no {CONFIG_NAME}); cannot resume from it")
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
         loaded = DRModel.load(path)
         missing, unexpected = target.load_state_dict(loaded.state_dict(), strict=False)

@@ -17,9 +17,8 @@ from torch import Tensor
 
 from ..dataset.tokenization import pad_batch
 from ..dataset.train_dataset import TrainDataset
+from ..distributed import dist_context, gather_with_grad
 from ..evaluation.metrics import evaluate
-from ..modeling import gather_with_grad
-from ..utils import dist_context
 
 
 class RetrievalValidation:
