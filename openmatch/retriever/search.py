@@ -161,16 +161,12 @@ def _id_chunks(path: str) -> Iterator[list[str]]:
 def merge_topk(
     scores_a: np.ndarray, idx_a: np.ndarray, scores_b: np.ndarray, idx_b: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The best ``k`` of two candidate lists per query, in search order (equal scores: higher index first)."""
-    return best_k(np.concatenate([scores_a, scores_b], axis=1), np.concatenate([idx_a, idx_b], axis=1), k)
-
-
-def best_k(scores: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``k`` candidates of each row in search order: score descending, then index descending.
-
-    Missing hits (index -1) sort last with score ``-inf``, whatever faiss put in their score.
-    """
-    keyed = np.where(idx >= 0, scores, -np.inf).astype(np.float32, copy=False)
+    """The best ``k`` of two candidate lists per query in search order: score descending, then index
+    descending (how one ``IndexFlatIP`` lists equal scores). Missing hits (index -1) sort last with score
+    ``-inf``, whatever faiss put in their score."""
+    scores = np.concatenate([scores_a, scores_b], axis=1)
+    idx = np.concatenate([idx_a, idx_b], axis=1)
+    keyed = np.where(idx >= 0, scores, -np.inf)
     order = np.lexsort((-idx, -keyed), axis=-1)[:, :k]
     return np.take_along_axis(keyed, order, axis=1), np.take_along_axis(idx, order, axis=1)
 
@@ -263,7 +259,9 @@ def _search_exact(index, queries, k, options):
             scores, idx = _batched_search(gpu_index, queries, fetch, options.query_batch_size)
             del gpu_index
         idx = np.where(idx >= 0, idx + offset, -1)
-        best_scores, best_idx = merge_topk(best_scores, best_idx, *best_k(scores, idx, kb), k)
+        # The list may run past the block's first kb (up to fetch); what follows them ranks below all of them,
+        # so it can never displace one of them from the merged top k.
+        best_scores, best_idx = merge_topk(best_scores, best_idx, scores, idx, k)
     return best_scores[:nq], best_idx[:nq]
 
 
@@ -274,7 +272,7 @@ def _settle_cut_ties(faiss, queries, block, scores, idx, kb, tile):
     above the ``kb``-th score is among them; the group equal to it is whole unless it reaches the list's
     last place. For such rows the group's members are found from the block's end, tile by tile, with the
     scores faiss gives those rows in the main search; the rows returned hold every hit above the group and
-    the group's last members, enough for :func:`best_k` to pick the exact first ``kb``.
+    the group's last members, from which :func:`merge_topk` picks the exact first ``kb``.
     """
     fetch = scores.shape[1]
     if fetch == len(block) or kb == 0:
