@@ -239,8 +239,8 @@ def _search_exact(index, queries, k, options):
     gpus = _gpu_list(faiss, options.starting_gpu) if options.use_gpu else None
     if gpus is None and nq < faiss.omp_get_max_threads():
         # With fewer queries than threads faiss splits the block between threads and scores with a kernel
-        # chosen by the block's length; zero queries keep it on the per-query path, whose scores do not
-        # depend on the block.
+        # chosen by the block's length; zero queries up to the thread count keep it on its usual paths,
+        # whose scores do not depend on the block (with blocks aligned to its tiles).
         queries = np.concatenate([queries, np.zeros((faiss.omp_get_max_threads() - nq, queries.shape[1]), np.float32)])
     tile = max(1, int(faiss.cvar.distance_compute_blas_database_bs))
     block_rows = -(-max(1, options.block_rows) // tile) * tile
