@@ -51,7 +51,9 @@ def encode(
 ) -> np.ndarray:
     """Embeddings ``[len(texts), dim]`` (float32, input order) of ``texts`` encoded as passages or queries.
 
-    Texts are batched by length and padded per batch, like ``build_index``.
+    Texts are batched by length and padded per batch, like ``build_index``. ``bf16`` runs on any device,
+    ``fp16`` only on a GPU (float32 with a warning elsewhere). ``model`` is left as it was (device, dtype,
+    weights and training mode): a cast or moved copy encodes when needed.
     """
     if side not in ("passage", "query"):
         raise ValueError(f"side must be 'passage' or 'query', got {side!r}")
@@ -71,10 +73,10 @@ def encode(
             yield batch
 
     precision = Precision(pick_device(device), fp16, bf16)
-    model = precision.prepare(model)
     out = np.zeros((len(texts), int(model.embedding_dim)), dtype=np.float32)
-    for batch, reps in encode_batches(model, batches(), precision, side=side):
-        out[batch["rows"]] = reps
+    with precision.prepared(model) as runner:
+        for batch, reps in encode_batches(runner, batches(), precision, side=side):
+            out[batch["rows"]] = reps
     return out
 
 
@@ -103,13 +105,13 @@ def encode_file(
         kind=side, rank=0, world_size=1,
     )
     precision = Precision(pick_device(device), fp16, bf16)
-    model = precision.prepare(model)
     positions, ids, parts = [], [], []
     loader = make_loader(dataset, num_workers, pin_memory=precision.device.type == "cuda")
-    for batch, reps in encode_batches(model, loader, precision, side=side):
-        positions.append(batch["positions"].numpy())
-        ids.extend(batch["ids"])
-        parts.append(reps)
+    with precision.prepared(model) as runner:
+        for batch, reps in encode_batches(runner, loader, precision, side=side):
+            positions.append(batch["positions"].numpy())
+            ids.extend(batch["ids"])
+            parts.append(reps)
     if not ids:
         from .dataset.readers import DataFormatError
 

@@ -45,12 +45,16 @@ class ModelArguments:
     projection_out_dim: int = field(default=768, metadata={"help": "output size of the linear head"})
     encoder_only: bool = field(default=False, metadata={"help": "T5: use only the encoder and pool it"})
     normalize: bool = field(default=False, metadata={"help": "L2-normalise representations"})
-    temperature: float = field(
-        default=1.0, metadata={"help": "scores are divided by this in the loss (1 = plain dot product)"}
+    temperature: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "scores are divided by this in the loss (1 = plain dot product); not given: a checkpoint's "
+            "stored value, else 1"
+        },
     )
 
     def __post_init__(self):
-        if self.temperature <= 0:
+        if self.temperature is not None and self.temperature <= 0:
             raise UsageError(f"--temperature must be positive, got {self.temperature}")
 
 
@@ -131,8 +135,9 @@ class OpenMatchTrainingArguments(TrainingArguments):
                 warnings.warn("--fp16 needs a GPU; none is available, so this run uses float32.", OpenMatchWarning, stacklevel=2)
                 self.fp16 = False
             if self.bf16:
-                warnings.warn("--bf16 needs a GPU (or --use_cpu); none is available, so this run uses float32.", OpenMatchWarning, stacklevel=2)
-                self.bf16 = False
+                # bf16 works on the CPU (autocast in training, bf16 weights when encoding); transformers accepts
+                # it there only when told the run is on the CPU.
+                self.use_cpu = True
         launched = int(os.environ.get("LOCAL_RANK", -1)) != -1 or int(os.environ.get("WORLD_SIZE", 1)) > 1
         if launched and not self.use_cpu and not _has_accelerator():
             # accelerate only forms a multi-process CPU group (gloo) when told the run is on CPU; otherwise each

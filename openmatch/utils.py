@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file output, distributed context, logging set-up."""
+"""Small shared helpers: atomic file output, logging set-up, argument snapshots."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import tempfile
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import IO, Iterator
+
+# Re-exported: it lives in openmatch.distributed; older imports (openmatch.retriever.index) use this path.
+from .distributed import dist_context  # noqa: F401
 
 logger = logging.getLogger("openmatch")
 
@@ -88,22 +91,6 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
     with atomic_output(path) as handle:
         json.dump(obj, handle, indent=2, sort_keys=True, default=str)
         handle.write("\n")
-
-
-def dist_context() -> tuple[int, int]:
-    """(rank, world_size) of the current process; (0, 1) when torch.distributed is not initialised.
-
-    Falls back to the launcher's environment variables so that code running before
-    ``init_process_group`` (e.g. data readers in a DataLoader) still splits work correctly.
-    """
-    try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        pass
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def dataclasses_to_dict(*objects) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import warnings
 
@@ -121,7 +122,7 @@ def test_defaults(tmp_path):
     assert model.pooling == "first" and model.feature == "last_hidden_state"
     assert (model.projection_in_dim, model.projection_out_dim) == (768, 768)
     assert not model.encoder_only and not model.normalize and not model.add_linear_head
-    assert model.temperature == 1.0 and not model.untie_encoder
+    assert model.temperature is None and not model.untie_encoder  # None: the checkpoint's, else 1
     assert data.query_template is None and data.doc_column_names is None
     _, _, train = parse_quietly(TRAIN, ["--output_dir", str(tmp_path), "--model_name_or_path", "m"])
     assert not train.negatives_x_device and not train.grad_cache
@@ -188,6 +189,41 @@ def test_fp16_without_gpu_warns_once_and_uses_float32(tmp_path):
     fp16_warnings = [w for w in caught if "--fp16" in str(w.message)]
     assert len(fp16_warnings) == 1 and "float32" in str(fp16_warnings[0].message)
     assert train.fp16 is False
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU path")
+def test_bf16_without_gpu_stays_on(tmp_path):
+    for types in (TRAIN, INFER):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no "falls back to float32" warning: nothing falls back
+            _, _, args = parse_args(types, ["--output_dir", str(tmp_path), "--model_name_or_path", "m", "--bf16"])
+        assert args.bf16 and args.use_cpu and args.device.type == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU path")
+def test_bf16_training_step_on_cpu(tiny_bert, tmp_path):
+    """--bf16 without a GPU trains under bfloat16 autocast (float32 master weights), not silently in float32."""
+    from openmatch.driver.train_dr import build_trainer
+
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(
+        json.dumps({"query": [7 + i, 8], "positives": [[9, 10 + i, 11]], "negatives": [[12, 13 + i]]}) + "\n"
+        for i in range(4)
+    ))
+    argv = ["--output_dir", str(tmp_path / "out"), "--model_name_or_path", str(tiny_bert), "--train_path", str(train),
+            "--train_n_passages", "2", "--per_device_train_batch_size", "4", "--max_steps", "1", "--bf16",
+            "--learning_rate", "1e-3", "--warmup_ratio", "0", "--report_to", "none", "--save_strategy", "no",
+            "--disable_tqdm", "true"]
+    trainer = build_trainer(*parse_quietly(TRAIN, argv))
+    seen = []
+    linear = trainer.model.lm_q.encoder.layer[0].intermediate.dense  # autocast keeps layer norms in float32
+    linear.register_forward_hook(lambda module, inputs, out: seen.append(out.dtype))
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    result = trainer.train()
+    assert seen and set(seen) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters())), "no update"
+    assert result.global_step == 1 and math.isfinite(result.training_loss)
 
 
 @pytest.mark.parametrize(

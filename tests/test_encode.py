@@ -181,6 +181,7 @@ def test_driver_flags_and_float16(tiny_bert, corpus, tmp_path, capsys):
     assert build_index.main(args) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["encoding"]["dtype"] == "float16" and manifest["total"] == N_DOCS
+    assert manifest["encoding"]["precision"] == "bf16"  # --bf16 runs on the CPU too
     assert np.load(out / "embeddings.rank0.shard0.npy", mmap_mode="r").dtype == np.float16
     assert manifest["model"]["config"]["pooling"] == "first"
     with pytest.raises(SystemExit):
@@ -199,3 +200,75 @@ def test_query_encoder_check_ignores_the_loss_temperature(model_tok, corpus, tmp
     other_pooling, _ = api.load_model(tiny_bert, pooling="first", normalize=False)
     with pytest.raises(ValueError, match="not the model that built the index"):
         check_compatible(other_pooling, manifest, str(tmp_path / "idx"))
+
+
+ENCODE_TEXTS = ["kalo mine ruka saka tivo zepa", "quodo fegi", "hoju kalo", "ruka " * 20]
+
+
+def snapshot(model):
+    return {name: t.clone() for name, t in model.state_dict().items()}, [m.training for m in model.modules()]
+
+
+@pytest.mark.parametrize("how", ["encode", "encode_file", "build_index"])
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_the_callers_model_is_left_as_it_was(tiny_bert, corpus, tmp_path, how, bf16):
+    """A notebook model in training mode: encoding must not cast it, move it or switch it to eval."""
+    model, tok = api.load_model(tiny_bert, pooling="mean")
+    model.train()
+    model.lm_q.pooler.eval()  # one submodule in another mode: each module's flag is restored, not one for all
+    weights, modes = snapshot(model)
+    if how == "encode":
+        api.encode(model, tok, ENCODE_TEXTS, max_len=16, bf16=bf16)
+    elif how == "encode_file":
+        api.encode_file(model, tok, corpus, max_len=16, template="<text>", column_names="id,title,text", bf16=bf16)
+    else:
+        build((model, tok), corpus, tmp_path / "idx", bf16=bf16)
+    assert [m.training for m in model.modules()] == modes
+    after = model.state_dict()
+    assert after.keys() == weights.keys()
+    for name, tensor in weights.items():
+        assert after[name].dtype == tensor.dtype and after[name].device == tensor.device, name
+        assert torch.equal(after[name], tensor), f"{name} changed"
+
+
+def test_bf16_encodes_in_bfloat16_on_cpu(model_tok, corpus, tmp_path):
+    """--bf16 is not silently float32 without a GPU: the embeddings are a bfloat16 model's (close to float32's,
+    but not equal), from api.encode, api.encode_file and build_index alike."""
+    import copy
+
+    model, tok = model_tok
+    fp32 = api.encode(model, tok, ENCODE_TEXTS, max_len=16, batch_size=1, device="cpu")
+    bf16 = api.encode(model, tok, ENCODE_TEXTS, max_len=16, batch_size=1, device="cpu", bf16=True)
+    assert not np.array_equal(bf16, fp32)
+    scale = np.abs(fp32).max()
+    np.testing.assert_allclose(bf16, fp32, atol=0.05 * scale, rtol=0)  # bfloat16 keeps 8 significant bits
+    # The same numbers as a model whose weights are bfloat16 throughout (each text alone: same shapes).
+    reference = copy.deepcopy(model).to(torch.bfloat16).eval()
+    with torch.inference_mode():
+        for text, got in zip(ENCODE_TEXTS, bf16):
+            ids = tok(text, truncation=True, max_length=16)["input_ids"]
+            batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+            np.testing.assert_array_equal(got, reference.encode_passage(batch)[0].float().numpy())
+
+    ids, from_file = api.encode_file(model, tok, corpus, max_len=16, template="<text>", column_names="id,title,text",
+                                     side="passage", bf16=True)
+    _, from_file_fp32 = api.encode_file(model, tok, corpus, max_len=16, template="<text>", column_names="id,title,text",
+                                        side="passage")
+    assert not np.array_equal(from_file, from_file_fp32)
+    np.testing.assert_allclose(from_file, from_file_fp32, atol=0.05 * np.abs(from_file_fp32).max(), rtol=0)
+
+    manifest = build(model_tok, corpus, tmp_path / "idx", bf16=True)
+    assert manifest["encoding"]["precision"] == "bf16"
+    build(model_tok, corpus, tmp_path / "idx32")
+    indexed, fp32_index = read_index(tmp_path / "idx"), read_index(tmp_path / "idx32")
+    assert any(not np.array_equal(indexed[rid], fp32_index[rid]) for rid in indexed)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
+def test_fp16_on_cpu_is_float32_with_one_warning(model_tok):
+    model, tok = model_tok
+    fp32 = api.encode(model, tok, ENCODE_TEXTS, max_len=16)
+    with pytest.warns(UserWarning, match="fp16 needs a GPU") as caught:
+        fp16 = api.encode(model, tok, ENCODE_TEXTS, max_len=16, fp16=True)
+    assert len([w for w in caught if "fp16" in str(w.message)]) == 1
+    np.testing.assert_array_equal(fp16, fp32)

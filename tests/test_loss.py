@@ -1,4 +1,5 @@
-"""ContrastiveLoss against a hand-written loop; gather_with_grad with two gloo processes."""
+"""ContrastiveLoss against a hand-written loop; gather_with_grad and the other distributed helpers with two gloo
+processes."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from openmatch.modeling import ContrastiveLoss, gather_with_grad
+from openmatch.distributed import dist_context, gather_with_grad, init_distributed, teardown_distributed
+from openmatch.modeling import ContrastiveLoss
 
 
 def naive_loss(q: torch.Tensor, p: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -90,6 +92,21 @@ def test_gather_is_identity_without_distributed():
     assert gather_with_grad(t) is t
 
 
+def test_distributed_helpers_live_in_one_module(monkeypatch):
+    """openmatch.modeling and openmatch.utils re-export the helpers of openmatch.distributed, not copies of them."""
+    import openmatch.modeling
+    import openmatch.utils
+
+    assert openmatch.modeling.gather_with_grad is gather_with_grad
+    assert openmatch.utils.dist_context is dist_context
+    # A single-process launch (or none) forms no process group, and the rank comes from the environment.
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    init_distributed()
+    assert not dist.is_initialized() and dist_context() == (1, 1)
+    teardown_distributed()  # nothing to leave: no error
+
+
 # ---------------------------------------------------------------- two gloo processes
 
 def _free_port() -> int:
@@ -110,10 +127,12 @@ def _worker(rank: int, world_size: int, port: int, n: int):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
+        assert dist_context() == (rank, world_size)
         for rows in ([2, 2], [2, 3]):  # even, and a short batch on rank 0
             _check_gather(rank, rows, n)
     finally:
-        dist.destroy_process_group()
+        teardown_distributed()
+    assert not dist.is_initialized()
 
 
 def _check_gather(rank: int, rows: list[int], n: int):

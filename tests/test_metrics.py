@@ -1,5 +1,6 @@
-"""Metrics against independent implementations (pytrec_eval = trec_eval's C code, ir_measures' MS MARCO
-provider) and a naive full-sort reference; the evaluate driver as a subprocess."""
+"""Metrics against independent implementations — pytrec_eval (trec_eval's C code), ir_measures (its
+pytrec_eval provider averages like ``trec_eval -c``; its MS MARCO provider is ``msmarco_eval.py``) and a
+naive full-sort reference — always on the unfiltered qrels and run; the evaluate driver as a subprocess."""
 
 from __future__ import annotations
 
@@ -28,75 +29,66 @@ from openmatch.evaluation import (
 
 REPO = Path(__file__).resolve().parent.parent
 
-# our name -> trec_eval measure (pytrec_eval); mrr@k has no trec_eval counterpart (see _trec_value).
-TREC = {"mrr": "recip_rank", "recall@100": "recall_100", "recall@5": "recall_5", "ndcg@10": "ndcg_cut_10",
-        "ndcg@3": "ndcg_cut_3", "map": "map", "map@5": "map_cut_5", "precision@5": "P_5", "precision@20": "P_20"}
+# our name -> trec_eval measure as pytrec_eval is asked for it (its result key has "_" for "."); mrr@k
+# (MS MARCO's) has none: the naive reference and ir_measures' MS MARCO provider check it.
+TREC = {"mrr": "recip_rank", "recall@100": "recall.100", "recall@5": "recall.5", "ndcg@10": "ndcg_cut.10",
+        "ndcg@3": "ndcg_cut.3", "ndcg": "ndcg", "map": "map", "map@5": "map_cut.5", "precision@5": "P.5",
+        "precision@20": "P.20"}
 ALL = ["mrr@10", "mrr@3", *TREC]
 
 
-def judged_qids(qrels):
-    return [qid for qid, judged in qrels.items() if any(rel > 0 for rel in judged.values())]
-
-
-def trec_per_query(qrels, run, names):
-    """pytrec_eval's per-query values, extended to our query set: judged queries, 0 when absent from the run."""
-    measures = {TREC[n] for n in names if n in TREC} | {"recip_rank"}
-    raw = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
-    out = {}
-    for name in names:
-        values = {}
-        for qid in judged_qids(qrels):
-            row = raw.get(qid)
-            if row is None:
-                values[qid] = 0.0
-            elif name.startswith("mrr@"):
-                # trec_eval's recip_rank is uncut; cut it: same tie order, so an independent check of the cutoff.
-                rr, k = row["recip_rank"], int(name.split("@")[1])
-                values[qid] = rr if rr > 0 and round(1 / rr) <= k else 0.0
-            else:
-                values[qid] = row[TREC[name]]
-        out[name] = values
-    return out
+def trec_eval_values(qrels, run, names):
+    """pytrec_eval's per-query values, for the queries it reports (those of both the qrels and the run)."""
+    raw = pytrec_eval.RelevanceEvaluator(qrels, {TREC[n] for n in names if n in TREC}).evaluate(run)
+    return {n: {qid: row[TREC[n].replace(".", "_")] for qid, row in raw.items()} for n in names if n in TREC}
 
 
 def naive(qrels, run, name):
-    """Full sort with trec_eval's order, textbook formulas; mean over judged queries."""
+    """``{qid: value}`` for every query of the qrels: full sort in trec_eval's order (score as float32
+    descending, then pid descending), textbook formulas, 0 without a relevant passage or without hits."""
     metric = parse_metric(name)
-    values = []
-    for qid in judged_qids(qrels):
-        rels = qrels[qid]
+    values = {}
+    for qid, rels in qrels.items():
         ranked = [pid for pid, _ in sorted(run.get(qid, {}).items(), key=lambda x: (np.float32(x[1]), x[0]), reverse=True)]
         k = metric.k or len(ranked)
         top = ranked[:k]
         relevant = {pid for pid, rel in rels.items() if rel > 0}
-        if metric.family == "mrr":
-            values.append(next((1 / i for i, pid in enumerate(top, 1) if pid in relevant), 0.0))
+        if not relevant:
+            values[qid] = 0.0
+        elif metric.family == "mrr":
+            values[qid] = next((1 / i for i, pid in enumerate(top, 1) if pid in relevant), 0.0)
         elif metric.family == "recall":
-            values.append(len(relevant & set(top)) / len(relevant))
+            values[qid] = len(relevant & set(top)) / len(relevant)
         elif metric.family == "precision":
-            values.append(len(relevant & set(top)) / metric.k)
+            values[qid] = len(relevant & set(top)) / metric.k
         elif metric.family == "map":
             hits, total = 0, 0.0
             for i, pid in enumerate(top, 1):
                 if pid in relevant:
                     hits += 1
                     total += hits / i
-            values.append(total / len(relevant))
+            values[qid] = total / len(relevant)
         elif metric.family == "ndcg":
             dcg = sum(max(rels.get(pid, 0), 0) / math.log2(i + 1) for i, pid in enumerate(top, 1))
             ideal = sorted((r for r in rels.values() if r > 0), reverse=True)[: metric.k or None]
-            values.append(dcg / sum(g / math.log2(i + 1) for i, g in enumerate(ideal, 1)))
-    return sum(values) / len(values)
+            values[qid] = dcg / sum(g / math.log2(i + 1) for i, g in enumerate(ideal, 1))
+    return values
 
 
 def assert_all_agree(qrels, run, names=ALL):
+    """Ours equals trec_eval on every query trec_eval reports, every other query of the qrels scores 0
+    (``trec_eval -c``), and the naive reference agrees everywhere; nothing filters the reference input."""
     ours = evaluate(qrels, run, names, per_query=True)
-    reference = trec_per_query(qrels, run, names)
+    reference = trec_eval_values(qrels, run, names)
     for name in names:
-        assert ours[name].keys() == reference[name].keys(), name
-        for qid in ours[name]:
-            assert ours[name][qid] == pytest.approx(reference[name][qid], abs=1e-9), (name, qid)
-        assert mean_over_queries(ours)[name] == pytest.approx(naive(qrels, run, name), abs=1e-12), name
+        assert list(ours[name]) == list(qrels), name  # every query of the qrels, in qrels order
+        for qid, value in reference.get(name, {}).items():
+            assert ours[name][qid] == pytest.approx(value, abs=1e-9), (name, qid)
+        assert ours[name] == pytest.approx(naive(qrels, run, name), abs=1e-12), name
+        for qid in qrels.keys() - run.keys():
+            assert ours[name][qid] == 0.0, (name, qid)
+        if name in reference:  # the mean of trec_eval -c: its values summed over the qrels' query count
+            assert mean_over_queries(ours)[name] == pytest.approx(sum(reference[name].values()) / len(qrels), abs=1e-12)
     return ours
 
 
@@ -105,15 +97,16 @@ def assert_all_agree(qrels, run, names=ALL):
 TRICKY_QRELS = {
     "tie": {"a": 1, "c": 2, "b": 0},  # ties broken by pid descending: d, c, b, a
     "graded": {"p1": 3, "p2": 1, "p3": 2, "p9": 2},  # p9 never retrieved: in the ideal ranking only
-    "absent": {"x": 1},  # judged, not in the run: 0 everywhere
-    "zeros": {"z": 0},  # judgments all 0: not a judged query
+    "absent": {"x": 1},  # judged, not in the run: 0 everywhere (trec_eval -c)
+    "zeros": {"z": 0, "y": 0},  # judgments all 0, retrieved: trec_eval reports it, 0 everywhere
+    "zeros-absent": {"w": 0},  # judgments all 0, not in the run: 0 everywhere (trec_eval -c)
     "short": {"s2": 1, "s5": 1},  # run shorter than the cutoffs
     "late": {"l12": 1},  # relevant at rank 12: RR counts it, RR@10 does not
 }
 TRICKY_RUN = {
     "tie": {"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0},
     "graded": {"p2": 9.0, "p1": 8.0, "n1": 7.0, "p3": 7.0, "n2": 1.0},
-    "zeros": {"z": 5.0},
+    "zeros": {"z": 5.0, "y": 4.0},
     "short": {"s1": 3.0, "s2": 2.0},
     "late": {f"l{i}": 100.0 - i for i in range(1, 30)},
     "unjudged": {"u": 1.0},  # not in the qrels: ignored
@@ -122,11 +115,32 @@ TRICKY_RUN = {
 
 def test_tricky_cases_match_trec_eval_and_naive():
     ours = assert_all_agree(TRICKY_QRELS, TRICKY_RUN)
-    assert set(ours["mrr@10"]) == {"tie", "graded", "absent", "short", "late"}
+    assert list(ours["mrr@10"]) == list(TRICKY_QRELS)  # all-0 queries included, the run-only one not
     assert ours["mrr@10"]["tie"] == 0.5  # c ranks second under trec_eval's tie rule
     assert ours["mrr"]["late"] == pytest.approx(1 / 12) and ours["mrr@10"]["late"] == 0.0
     assert ours["precision@20"]["short"] == 1 / 20 and ours["recall@100"]["short"] == 0.5
-    assert all(values["absent"] == 0.0 for values in ours.values())
+    assert all(values[qid] == 0.0 for values in ours.values() for qid in ("absent", "zeros", "zeros-absent"))
+
+
+def test_queries_judged_all_zero_count_like_trec_eval_c():
+    # trec_eval -c and ir_measures average over every query of the qrels, also those with judgments of 0 only.
+    qrels = {"q1": {"a": 1}, "q2": {"b": 0}, "q3": {"c": 0}}
+    run = {"q1": {"a": 2.0, "b": 1.0}, "q2": {"b": 2.0, "a": 1.0}}
+    names = ["mrr@10", "mrr", "recall@5", "ndcg@10", "map", "precision@5"]
+    ours = evaluate(qrels, run, names)
+    reference = ir_measures.pytrec_eval.calc_aggregate(
+        [ir_measures.RR, ir_measures.R @ 5, ir_measures.nDCG @ 10, ir_measures.AP, ir_measures.P @ 5], qrels, run
+    )
+    assert ours == pytest.approx({"mrr@10": 1 / 3, "mrr": 1 / 3, "recall@5": 1 / 3, "ndcg@10": 1 / 3, "map": 1 / 3,
+                                  "precision@5": 1 / 15}, abs=1e-12)
+    measure_of = {"mrr": ir_measures.RR, "recall@5": ir_measures.R @ 5, "ndcg@10": ir_measures.nDCG @ 10,
+                  "map": ir_measures.AP, "precision@5": ir_measures.P @ 5}
+    assert {n: reference[m] for n, m in measure_of.items()} == pytest.approx({n: ours[n] for n in measure_of}, abs=1e-12)
+    assert ours["mrr@10"] == pytest.approx(ir_measures.msmarco.calc_aggregate([ir_measures.RR @ 10], qrels, run)[ir_measures.RR @ 10])
+    # qrels without any relevant passage: every query scores 0, as in trec_eval (a warning, not an error)
+    none_relevant = {"q2": {"b": 0}}
+    assert evaluate(none_relevant, run, names) == {name: 0.0 for name in names}
+    assert pytrec_eval.RelevanceEvaluator(none_relevant, {"recip_rank", "ndcg"}).evaluate(run) == {"q2": {"recip_rank": 0.0, "ndcg": 0.0}}
 
 
 def test_trec_eval_tie_order_is_pid_descending():
@@ -179,19 +193,32 @@ def test_errors():
     assert parse_metric("AP").name == "map" and parse_metric("recall_100").name == "recall@100"
     with pytest.raises(ValueError, match="share no query"):
         evaluate({"q1": {"a": 1}}, {"q2": {"a": 1.0}})
-    with pytest.raises(ValueError, match="relevance > 0"):
-        evaluate({"q1": {"a": 0}}, {"q1": {"a": 1.0}})
+    with pytest.raises(ValueError, match="no judgment"):
+        evaluate({"q1": {}}, {"q1": {"a": 1.0}})
     with pytest.raises(ValueError, match="twice"):
         evaluate_rankings({"q1": ["a", "a"]}, {"q1": {"a": 1}})
+    with pytest.raises(ValueError, match="'q1': the run holds a NaN"):
+        evaluate({"q1": {"a": 1}}, {"q1": {"a": 1.0, "b": float("nan")}})
+
+
+def test_ids_and_scores_of_other_types():
+    # pytrec_eval takes only str ids and Python floats: numpy or int scores, int ids are converted.
+    qrels = {1: {2: 1, 3: 2}}
+    expected = evaluate({"1": {"2": 1, "3": 2}}, {"1": {"3": 0.5, "4": 0.75, "2": 0.25}}, ALL)
+    assert evaluate(qrels, {1: {3: np.float32(0.5), "4": 0.75, 2: np.float16(0.25)}}, ALL) == expected
+    assert evaluate(qrels, {"1": {"3": 2, "4": 3, "2": 1}}, ALL) == expected
+    assert evaluate_rankings({1: [4, 3, 2]}, qrels, ALL) == expected
 
 
 # ---------------------------------------------------------------------------------------------- real qrels
 
 
 def random_run(qrels, hits, seed, drop_every=0, id_space=9_000_000):
-    """Deterministic random run: random passages plus the relevant ones at random ranks (some beyond the
-    depth, so they are missed); every ``drop_every``-th judged query is left out."""
+    """Deterministic random run: random passages plus the judged ones at random ranks (some beyond the
+    depth, so they are missed); every ``drop_every``-th query of the qrels is left out. Scores are distinct
+    even in float32, so tie rules (ir_measures' MS MARCO provider breaks ties unlike trec_eval) do not matter."""
     rng = np.random.default_rng(seed)
+    scores = (np.arange(hits, 0, -1) / hits).tolist()
     run = {}
     for index, (qid, judged) in enumerate(sorted(qrels.items())):
         if drop_every and index % drop_every == 0:
@@ -201,9 +228,21 @@ def random_run(qrels, hits, seed, drop_every=0, id_space=9_000_000):
             position = int(rng.integers(0, int(hits * 1.3)))
             if position < hits:
                 pids[position] = pid
-        scores = -np.sort(-rng.random(hits))
-        run[qid] = dict(zip(pids, scores.tolist()))  # a duplicate pid keeps its later (lower) score
+        run[qid] = dict(zip(pids, scores))  # a duplicate pid keeps its later (lower) score
     return run
+
+
+def assert_ir_measures_agree(qrels, run, ours):
+    """Means over every query of the qrels: ir_measures' pytrec_eval provider (trec_eval -c) for the
+    trec_eval measures, its MS MARCO provider (``msmarco_eval.py``) per query for ``mrr@10``."""
+    measures = {"mrr": ir_measures.RR, "recall@100": ir_measures.R @ 100, "ndcg@10": ir_measures.nDCG @ 10,
+                "map": ir_measures.AP, "precision@5": ir_measures.P @ 5}
+    agg = ir_measures.pytrec_eval.calc_aggregate(list(measures.values()), qrels, run)
+    for name, measure in measures.items():
+        assert mean_over_queries(ours)[name] == pytest.approx(agg[measure], abs=1e-12), name
+    official = {m.query_id: m.value for m in ir_measures.msmarco.iter_calc([ir_measures.RR @ 10], qrels, run)}
+    assert official.keys() == ours["mrr@10"].keys()
+    assert ours["mrr@10"] == pytest.approx(official, abs=1e-12)
 
 
 def test_msmarco_dev_small_against_trec_eval_and_ir_measures(shared_data):
@@ -212,35 +251,47 @@ def test_msmarco_dev_small_against_trec_eval_and_ir_measures(shared_data):
     # 200 hits per query (1.4M) keeps the test fast; relevant passages land anywhere in 1..260.
     run = random_run(qrels, hits=200, seed=0, drop_every=50)
     names = ["mrr@10", "mrr", "recall@100", "ndcg@10", "map", "precision@5"]
-    ours = evaluate(qrels, run, names)
-    reference = mean_over_queries(trec_per_query(qrels, run, names))
-    assert ours == pytest.approx(reference, abs=1e-12)
-    # ir_measures (MS MARCO's own RR@10 code) averages over every qrels query, absent ones counting 0: the
-    # official semantics, identical to ours here since every dev/small query has a relevant passage.
-    measures = [ir_measures.RR @ 10, ir_measures.R @ 100, ir_measures.nDCG @ 10, ir_measures.AP]
-    agg = ir_measures.calc_aggregate(measures, qrels, run)
-    assert ours["mrr@10"] == pytest.approx(agg[ir_measures.RR @ 10], abs=1e-12)
-    assert ours["recall@100"] == pytest.approx(agg[ir_measures.R @ 100], abs=1e-12)
-    assert ours["ndcg@10"] == pytest.approx(agg[ir_measures.nDCG @ 10], abs=1e-12)
-    assert ours["map"] == pytest.approx(agg[ir_measures.AP], abs=1e-12)
+    ours = evaluate(qrels, run, names, per_query=True)
+    for name, values in trec_eval_values(qrels, run, names).items():
+        assert len(values) == len(run) and {q: ours[name][q] for q in values} == pytest.approx(values, abs=1e-12), name
+    assert_ir_measures_agree(qrels, run, ours)
     # trec_eval without -c averages over the queries of the run only, and its recip_rank is uncut: both
     # differ from the official MRR@10, measurably so on this run.
     trec = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(run)
     trec_mean = sum(row["recip_rank"] for row in trec.values()) / len(trec)
     assert len(trec) == len(run) < len(qrels)
-    assert abs(trec_mean - ours["mrr@10"]) > 1e-4
+    assert abs(trec_mean - mean_over_queries(ours)["mrr@10"]) > 1e-4
     missing = [qid for qid in qrels if qid not in run]
-    per_query = evaluate(qrels, run, ["mrr@10"], per_query=True)["mrr@10"]
-    assert len(per_query) == 6980 and all(per_query[qid] == 0.0 for qid in missing)
+    assert len(ours["mrr@10"]) == 6980 and all(ours[name][qid] == 0.0 for name in names for qid in missing)
 
 
 def test_scifact_test_qrels(shared_data):
     qrels = load_qrels(shared_data / "scifact" / "qrels" / "test.tsv")
     assert len(qrels) == 300 and sum(map(len, qrels.values())) == 339
     run = random_run(qrels, hits=1000, seed=1, drop_every=17, id_space=50_000_000)
-    assert_all_agree(qrels, run, ["mrr@10", "mrr", "recall@100", "ndcg@10", "map", "map@5", "precision@5"])
-    agg = ir_measures.calc_aggregate([ir_measures.RR @ 10], qrels, run)
-    assert evaluate(qrels, run, ["mrr@10"])["mrr@10"] == pytest.approx(agg[ir_measures.RR @ 10], abs=1e-12)
+    names = ["mrr@10", "mrr", "recall@100", "ndcg@10", "map", "map@5", "precision@5"]
+    assert_ir_measures_agree(qrels, run, assert_all_agree(qrels, run, names))
+
+
+def test_graded_qrels_with_all_zero_queries(shared_data):
+    # SciFact's qrels made graded, with judgments of 0 (retrieved and not) and queries judged all 0, some
+    # of them retrieved, some missing from the run: the files trec_eval handles and our filter used to drop.
+    qrels = load_qrels(shared_data / "scifact" / "qrels" / "test.tsv")
+    rng = np.random.default_rng(3)
+    for index, qid in enumerate(sorted(qrels)):
+        judged = qrels[qid]
+        if index % 5 == 0:
+            qrels[qid] = {pid: 0 for pid in judged}
+        else:
+            qrels[qid] = {pid: int(rng.integers(1, 4)) for pid in judged}
+            qrels[qid][f"nonrel{index}"] = 0
+    run = random_run(qrels, hits=300, seed=2, drop_every=11, id_space=50_000_000)
+    zero_qids = [qid for qid, judged in qrels.items() if not any(judged.values())]
+    assert len(zero_qids) == 60 and any(q in run for q in zero_qids) and any(q not in run for q in zero_qids)
+    names = ["mrr@10", "mrr", "recall@100", "ndcg@10", "ndcg", "map", "map@5", "precision@5"]
+    ours = assert_all_agree(qrels, run, names)
+    assert_ir_measures_agree(qrels, run, ours)
+    assert all(ours[name][qid] == 0.0 for name in names for qid in zero_qids)
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -265,7 +316,7 @@ def test_driver_prints_and_writes_metrics(tmp_path):
     assert proc.returncode == 0, proc.stderr
     expected = evaluate(TRICKY_QRELS, TRICKY_RUN, ["mrr@10", "ndcg@10", "map"], per_query=True)
     lines = [line.split("\t") for line in proc.stdout.splitlines() if line.count("\t") == 2]
-    assert len(lines) == 3 * 5
+    assert len(lines) == 3 * 7 and {qid for _, qid, _ in lines} == set(TRICKY_QRELS)
     for name, qid, value in lines:
         assert float(value) == pytest.approx(expected[name][qid], abs=5e-5)
     table = {line.split()[0]: float(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith(("mrr@10 ", "ndcg@10 ", "map "))}
@@ -273,7 +324,9 @@ def test_driver_prints_and_writes_metrics(tmp_path):
     assert table == pytest.approx(means, abs=5e-5)
     saved = json.loads(out.read_text())
     assert saved["metrics"] == pytest.approx(means, abs=1e-12)
-    assert saved["num_judged_queries"] == 5 and saved["num_judged_missing_from_run"] == 1
+    assert saved["num_judged_queries"] == 7 and saved["num_judged_missing_from_run"] == 2
+    assert "over 7 judged queries" in proc.stdout
+    assert "2 judged queries have no relevant passage and score 0" in proc.stdout
 
 
 def test_driver_errors_are_one_line(tmp_path, capsys):

@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertModel, T5Model
 
-from openmatch.arguments import ModelArguments
-from openmatch.modeling import DRModel, DROutput, load_model_and_tokenizer
+from openmatch.arguments import ModelArguments, parse_args
+from openmatch.modeling import ContrastiveLoss, DRModel, DROutput, load_model_and_tokenizer
 
 TEXTS = ["kalo mine ruka saka tivo zepa", "quodo fegi", "hoju kalo"]
 
@@ -110,7 +110,6 @@ def test_forward_score_and_tying(tiny_bert):
     model = build(tiny_bert)
     out = model(query=batch, passage=batch)
     assert isinstance(out, DROutput) and out.loss is None
-    torch.testing.assert_close(model.score(out.q_reps, out.p_reps), out.q_reps @ out.p_reps.T)
     assert model(query=batch).p_reps is None
     # Tied: one backbone, registered once (no duplicated tensors in the state dict).
     assert model.lm_p is model.lm_q
@@ -121,6 +120,36 @@ def test_forward_score_and_tying(tiny_bert):
     untied = build(tiny_bert, untie_encoder=True)
     assert untied.lm_p is not untied.lm_q
     torch.testing.assert_close(reps(untied, batch)[0], reps(untied, batch)[1])
+
+
+def test_scores_are_the_loss_logits_of_independently_computed_reps(tiny_bert):
+    """score(q, p) equals dot products of reps computed here by hand (each text alone, unpadded, through its
+    own tower, mean-pooled, headed and normalised), and the loss is cross-entropy over score / temperature."""
+    passages = ["ruka saka", "tivo zepa kalo mine", "fegi", "quodo hoju kalo ruka", "zepa", "mine saka tivo"]
+    model = build(tiny_bert, untie_encoder=True, pooling="mean", add_linear_head=True, projection_in_dim=32,
+                  projection_out_dim=8, normalize=True)
+    perturb(model.lm_p, 1)  # the towers differ, so a query encoded as a passage would give other scores
+    perturb(model.head_p, 2)
+    q_batch, p_batch = batch_for(tiny_bert), batch_for(tiny_bert, passages)
+    with torch.no_grad():
+        out = model(query=q_batch, passage=p_batch)
+        scores = model.score(out.q_reps, out.p_reps)
+
+    def by_hand(lm, head, texts):
+        rows = []
+        for text in texts:
+            with torch.no_grad():
+                pooled = lm(**batch_for(tiny_bert, [text])).last_hidden_state[0].mean(0)
+            rows.append(torch.nn.functional.normalize(head.linear.weight.detach() @ pooled, dim=0))
+        return torch.stack(rows)
+
+    want = by_hand(model.lm_q, model.head_q, TEXTS) @ by_hand(model.lm_p, model.head_p, passages).T
+    assert scores.shape == (3, 6)
+    torch.testing.assert_close(scores, want, atol=1e-5, rtol=1e-5)
+    assert (scores.argsort(dim=1, descending=True) == want.argsort(dim=1, descending=True)).all()
+    # Two passages per query (positive first): the loss's logits are these scores over the temperature.
+    loss = ContrastiveLoss(temperature=0.05)(out.q_reps, out.p_reps)
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(want / 0.05, torch.tensor([0, 2, 4])))
 
 
 def test_untied_towers_train_separately(tiny_bert):
@@ -172,15 +201,15 @@ def test_save_load_round_trip(fixture, flags, request, tmp_path):
         for tower in ("query_model", "passage_model"):
             assert (out / tower / "model.safetensors").exists()
             assert json.loads((out / tower / "head_config.json").read_text()) == {"input_dim": 32, "output_dim": 8}
-            assert (out / tower / "linear.safetensors").exists()
+            assert (out / tower / "linear.safetensors").exists() and (out / tower / "linear.pt").exists()
     else:
         assert (out / "model.safetensors").exists()
     assert not list(tmp_path.glob(".*tmp")), "temporary folder left behind"
 
-    # Flags given at load time do not change a checkpoint's architecture.
+    # The stored configuration comes back whole, the loss temperature included.
     loaded, tok2 = load_model_and_tokenizer(ModelArguments(model_name_or_path=str(out)))
     loaded.eval()
-    assert loaded.config == model.config.__class__(**{**model.config.to_dict(), "temperature": 1.0})
+    assert loaded.config == model.config
     assert tok2.pad_token_id == tok.pad_token_id
     q2, p2 = reps(loaded, batch)
     torch.testing.assert_close(q2, q, rtol=0, atol=0)
@@ -189,9 +218,181 @@ def test_save_load_round_trip(fixture, flags, request, tmp_path):
     assert DRModel.load(out).config.temperature == flags.get("temperature", 1.0)
 
 
+def write_train_file(path: Path) -> Path:
+    path.write_text("".join(json.dumps({"query": [7, 8], "positives": [[9, 10, 11]], "negatives": [[12, 13]]}) + "\n"
+                            for _ in range(4)))
+    return path
+
+
+def test_checkpoint_temperature_is_kept_unless_the_flag_is_given(tiny_bert, tmp_path):
+    from openmatch.arguments import DataArguments, DRTrainingArguments
+    from openmatch.driver.train_dr import build_trainer
+
+    build(tiny_bert, pooling="mean", normalize=True, temperature=0.05).save(tmp_path / "ckpt")
+    train = write_train_file(tmp_path / "train.jsonl")
+
+    def trained_at(model_path, *flags) -> float:
+        """The loss temperature of train_dr given these flags (as on its command line)."""
+        argv = ["--model_name_or_path", str(model_path), "--output_dir", str(tmp_path / "out"), "--train_path",
+                str(train), "--report_to", "none", *flags]
+        trainer = build_trainer(*parse_args((ModelArguments, DataArguments, DRTrainingArguments), argv))
+        assert trainer.model.config.temperature == trainer.loss_fn.temperature
+        return trainer.loss_fn.temperature
+
+    assert trained_at(tmp_path / "ckpt") == 0.05  # further training optimises the loss it was trained with
+    assert trained_at(tmp_path / "ckpt", "--temperature", "0.1") == 0.1
+    assert trained_at(tiny_bert) == 1.0
+    assert trained_at(tiny_bert, "--temperature", "0.2") == 0.2
+    # Inference and the Python API agree.
+    assert DRModel.load(tmp_path / "ckpt").config.temperature == 0.05
+    assert DRModel.load(tmp_path / "ckpt", temperature=0.5).config.temperature == 0.5
+
+
+def test_training_settings_are_stored_beside_the_encoder_not_in_it(tiny_bert, tmp_path):
+    """The temperature round-trips through openmatch_config.json as a training setting, while the encoder's
+    identity (what indexes record) is the same whatever the temperature."""
+    from openmatch.modeling import DRModelConfig, TrainingSettings
+    from openmatch.modeling.checkpoint import read_config
+
+    encoder = dict(pooling="mean", normalize=True, plm_backbone_type="BertModel")
+    cold = DRModelConfig(**encoder, training=TrainingSettings(temperature=0.05))
+    warm = DRModelConfig(**encoder)
+    stored = cold.to_openmatch_json()
+    assert stored["temperature"] == 0.05 and cold.temperature == 0.05 and warm.temperature == 1.0
+    assert DRModelConfig.from_openmatch_json(stored) == cold
+    assert cold != warm and cold.encoding_json() == warm.encoding_json()
+    assert not set(TrainingSettings().to_json()) & set(cold.encoding_json())
+
+    build(tiny_bert, pooling="mean", normalize=True, temperature=0.05).save(tmp_path / "ckpt")
+    assert read_config(tmp_path / "ckpt").training == TrainingSettings(temperature=0.05)
+    assert read_config(tmp_path / "ckpt").encoding_json() == warm.encoding_json()
+
+
+def test_encoder_only_is_not_saved_and_old_checkpoints_with_it_load(tiny_t5, tmp_path):
+    model = build(tiny_t5, encoder_only=True, pooling="mean")
+    model.save(tmp_path / "ckpt")
+    stored = json.loads((tmp_path / "ckpt" / "openmatch_config.json").read_text())
+    assert sorted(stored) == ["linear_head", "normalize", "plm_backbone", "pooling", "projection_in_dim",
+                              "projection_out_dim", "temperature", "tied"]
+    assert stored["plm_backbone"]["type"] == "T5EncoderModel"  # what --encoder_only chose, without its own key
+
+    # A checkpoint written before keeps its encoder_only key: read, ignored, same model.
+    (tmp_path / "ckpt" / "openmatch_config.json").write_text(json.dumps({**stored, "encoder_only": True}))
+    old = build(tmp_path / "ckpt")
+    assert old.config == model.config
+    batch = batch_for(tiny_t5)
+    torch.testing.assert_close(reps(old, batch), reps(model, batch), rtol=0, atol=0)
+    # Indexes built before recorded this identity (encoder_only included); it must still match.
+    assert old.config.encoding_json() == {
+        "tied": True, "plm_backbone": {"type": "T5EncoderModel", "feature": "last_hidden_state"},
+        "pooling": "mean", "linear_head": False, "normalize": False, "projection_in_dim": None,
+        "projection_out_dim": None, "encoder_only": True,
+    }
+
+
+def test_checkpoint_file_names_are_spelled_once():
+    """Every checkpoint file and folder name is a constant of openmatch.modeling.checkpoint: no other module of
+    the package or scripts spells it, so a renamed file cannot be read under its old name somewhere."""
+    import ast
+
+    from openmatch.modeling import checkpoint
+
+    names = {checkpoint.CONFIG_NAME, checkpoint.HEAD_CONFIG_NAME, checkpoint.HEAD_WEIGHTS_NAME,
+             checkpoint.OPENMATCH_HEAD_WEIGHTS_NAME, checkpoint.HEAD_WEIGHT_KEY, checkpoint.QUERY_MODEL_DIR,
+             checkpoint.PASSAGE_MODEL_DIR, *checkpoint.OPENMATCH_HEAD_DIRS}
+    root = Path(checkpoint.__file__).parents[2]
+    spelled = {}
+    for source in sorted((root / "openmatch").rglob("*.py")) + sorted((root / "scripts").rglob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            if isinstance(node, ast.Constant) and node.value in names:
+                spelled.setdefault(node.value, []).append(f"{source.relative_to(root)}:{node.lineno}")
+    assert set(spelled) == names
+    assert {name: places for name, places in spelled.items() if len(places) > 1} == {}
+    assert {place.split(":")[0] for places in spelled.values() for place in places} == {
+        "openmatch/modeling/checkpoint.py"
+    }
+
+
+class OpenMatchLinearHead(torch.nn.Module):
+    """OpenMatch v2's ``LinearHead`` (src/openmatch/modeling/linear.py), reproduced to check our files."""
+
+    def __init__(self, input_dim: int = 768, output_dim: int = 768):
+        super().__init__()
+        self.linear = torch.nn.Linear(input_dim, output_dim, bias=False)
+        self.config = {"input_dim": input_dim, "output_dim": output_dim}
+
+    def forward(self, rep):
+        return self.linear(rep)
+
+    @classmethod
+    def load(cls, ckpt_dir):
+        import os
+
+        with open(os.path.join(ckpt_dir, "head_config.json")) as f:
+            config = json.load(f)
+        model = cls(**config)
+        # OpenMatch calls torch.load without arguments; torch >= 2.6 means weights_only=True by default.
+        model.load_state_dict(torch.load(os.path.join(ckpt_dir, "linear.pt"), weights_only=True))
+        return model
+
+
+def test_openmatch_loads_our_heads(tiny_bert, tmp_path):
+    import transformers
+
+    model, tok = load_model_and_tokenizer(ModelArguments(
+        model_name_or_path=str(tiny_bert), pooling="mean", add_linear_head=True, projection_in_dim=32,
+        projection_out_dim=8,
+    ))
+    model.eval()
+    perturb(model, 4)
+    model.save(tmp_path / "tied", tokenizer=tok)
+    batch = batch_for(tiny_bert)
+    # OpenMatch's DRModel.build for a tied checkpoint: the backbone class named in openmatch_config.json
+    # from the folder, then LinearHead.load of the same folder.
+    config = json.loads((tmp_path / "tied" / "openmatch_config.json").read_text())
+    backbone = getattr(transformers, config["plm_backbone"]["type"]).from_pretrained(str(tmp_path / "tied")).eval()
+    head = OpenMatchLinearHead.load(tmp_path / "tied")
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    with torch.no_grad():
+        pooled = (backbone(**batch).last_hidden_state * mask).sum(1) / mask.sum(1)
+        theirs = head(pooled)
+    torch.testing.assert_close(theirs, reps(model, batch)[0], atol=1e-6, rtol=1e-6)
+
+    # Untied: each tower folder's head is loadable the same way and holds that tower's weights.
+    untied = build(tiny_bert, untie_encoder=True, add_linear_head=True, projection_in_dim=32, projection_out_dim=8)
+    perturb(untied.head_p, 5)
+    untied.save(tmp_path / "untied")
+    for tower, ours in (("query_model", untied.head_q), ("passage_model", untied.head_p)):
+        theirs = OpenMatchLinearHead.load(tmp_path / "untied" / tower)
+        assert torch.equal(theirs.linear.weight, ours.linear.weight)
+
+
+def test_interrupted_head_save_never_looks_complete(tiny_bert, tmp_path, monkeypatch):
+    model = build(tiny_bert, add_linear_head=True, projection_in_dim=32, projection_out_dim=8)
+    real_save = torch.save
+
+    def half_written(obj, handle, *args, **kwargs):
+        handle.write(b"PK\x03\x04 half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", half_written)
+    with pytest.raises(OSError, match="disk full"):
+        model.save(tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt").exists() and not list(tmp_path.iterdir())
+    (tmp_path / "run").mkdir()
+    with pytest.raises(OSError, match="disk full"):
+        model.save(tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(("linear", "openmatch"))) == [
+        "linear.safetensors"
+    ], "no half-written linear.pt, no completion marker"
+    monkeypatch.setattr(torch, "save", real_save)
+    model.save(tmp_path / "run")
+    assert OpenMatchLinearHead.load(tmp_path / "run").linear.weight.shape == (8, 32)
+
+
 def test_conflicting_flags_warn_once(tiny_bert, tmp_path, caplog):
     build(tiny_bert, pooling="mean").save(tmp_path / "ckpt")
-    with caplog.at_level(logging.WARNING, logger="openmatch.modeling.dr_model"):
+    with caplog.at_level(logging.WARNING, logger="openmatch.modeling.checkpoint"):
         model = build(tmp_path / "ckpt", untie_encoder=True, normalize=True)
     assert model.config.tied and not model.config.normalize and model.config.pooling == "mean"
     warnings = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]
@@ -272,7 +473,8 @@ def test_missing_files_are_clear_errors(tiny_bert, tmp_path):
         build(tmp_path / "ckpt")
 
     build(tiny_bert, untie_encoder=True, add_linear_head=True, projection_in_dim=32).save(tmp_path / "untied")
-    (tmp_path / "untied" / "passage_model" / "linear.safetensors").unlink()
+    for name in ("linear.safetensors", "linear.pt"):
+        (tmp_path / "untied" / "passage_model" / name).unlink()
     with pytest.raises(FileNotFoundError, match="passage_model: checkpoint has a linear head but neither linear.safetensors"):
         build(tmp_path / "untied")
     shutil.rmtree(tmp_path / "untied" / "query_model")

@@ -59,7 +59,7 @@ def test_run_round_trip_and_atomicity(tmp_path):
     results = [("q1", [("d1", 2.5), ("d2", 1.25)]), ("q2", [("d3", -0.5)])]
     path = tmp_path / "sub" / "run.trec"
     assert write_trec_run(path, results, run_id="test") == 3
-    assert path.read_text().splitlines()[0] == "q1 Q0 d1 1 2.500000 test"
+    assert path.read_text().splitlines()[0] == "q1 Q0 d1 1 2.5 test"
     assert load_run(path) == {"q1": {"d1": 2.5, "d2": 1.25}, "q2": {"d3": -0.5}}
     assert load_ranked_run(path) == {"q1": ["d1", "d2"], "q2": ["d3"]}
     assert list(iter_run(path))[1] == ("q1", "d2", 2, 1.25)
@@ -110,3 +110,29 @@ def test_run_blocks_keep_line_numbers_and_queries(tmp_path, monkeypatch):
     path.write_text("".join(lines[:50]) + lines[45])
     with pytest.raises(DataFormatError, match="'d45' appears twice for query 'q6'"):
         load_run(path)
+
+
+def test_run_scores_round_trip_float32_and_keep_the_retrieved_order(tmp_path):
+    import numpy as np
+
+    from openmatch.evaluation import evaluate
+    from openmatch.preprocessing import iter_run_groups
+
+    # faiss scores are float32: neighbours that differ only beyond the 6th decimal, and magnitudes that
+    # a fixed-point format cannot hold. Retrieved order a, b, c; pid descending (the tie rule) is c, b, a.
+    close = np.array([0.123456789, 0.12345671, 0.1234563], dtype=np.float32)
+    wide = np.array([3.4e38, 1.25e-7, -2.5e-12, -0.0], dtype=np.float32)
+    results = [("q1", list(zip(["a", "b", "c"], close.tolist()))), ("q2", list(zip(["w", "x", "y", "z"], wide.tolist())))]
+    path = tmp_path / "run.trec"
+    write_trec_run(path, results)
+    run = load_run(path)
+    for qid, hits in results:
+        read = np.array([run[qid][pid] for pid, _ in hits]).astype(np.float32)
+        assert read.tolist() == [score for _, score in hits], qid  # every float32 score comes back exactly
+    assert load_ranked_run(path) == {"q1": ["a", "b", "c"], "q2": ["w", "x", "y", "z"]}
+    assert [pids for _, _, pids in iter_run_groups(path, depth=10)] == [["a", "b", "c"], ["w", "x", "y", "z"]]
+    # Evaluation orders by score: the order written is the order evaluated.
+    qrels = {"q1": {"a": 1}, "q2": {"w": 1}}
+    assert evaluate(qrels, run, ["mrr"], per_query=True)["mrr"] == {"q1": 1.0, "q2": 1.0}
+    assert evaluate({"q1": {"b": 1}}, run, ["mrr"])["mrr"] == 0.5
+    assert evaluate({"q1": {"c": 1}}, run, ["mrr"])["mrr"] == pytest.approx(1 / 3)

@@ -13,6 +13,7 @@ import pytest
 from openmatch import api
 from openmatch.dataset.qrels import load_qrels, load_run
 from openmatch.retriever.index import write_index
+from openmatch.retriever import search as search_mod
 from openmatch.retriever.search import EmbeddingIndex, SearchOptions, adjust_nlist, merge_topk, search_embeddings
 
 
@@ -59,7 +60,115 @@ def test_merge_topk_ties_and_missing():
     a_scores, a_idx = np.array([[3.0, 1.0, -np.inf]]), np.array([[0, 1, -1]])
     b_scores, b_idx = np.array([[3.0, 2.0]]), np.array([[5, -1]])
     scores, idx = merge_topk(a_scores, a_idx, b_scores, b_idx, 3)
-    assert idx.tolist() == [[0, 5, 1]] and scores.tolist() == [[3.0, 3.0, 1.0]]
+    assert idx.tolist() == [[5, 0, 1]] and scores.tolist() == [[3.0, 3.0, 1.0]]  # equal scores: later row first
+
+
+def search_order(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The documented order over a full score matrix: score descending, then corpus row descending."""
+    rows = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    order = np.lexsort((-rows, -scores), axis=-1)[:, :k]
+    return np.take_along_axis(scores, order, axis=1), order
+
+
+def all_scores(queries, passages):
+    """faiss's own scores of every pair (below its BLAS threshold each pair is scored alone)."""
+    scores, idx = faiss.knn(queries, passages, len(passages), metric=faiss.METRIC_INNER_PRODUCT)
+    full = np.empty_like(scores)
+    np.put_along_axis(full, idx, scores, axis=1)
+    return full
+
+
+def check_order(full, flat, queries, scores, idx, k) -> tuple[int, int]:
+    """Check a search result against the order over ``full`` and against one IndexFlatIP ``flat``.
+
+    Where no group of equal scores straddles the k-th place, one IndexFlatIP's list is fully determined and
+    must be ours, order of the tied hits included. Where one does, IndexFlatIP's choice of members depends
+    on k and its code path; ours keeps the latest rows, as the order over ``full`` says. Returns the number
+    of rows with such a cut group and the number of equal neighbours in the determined lists.
+    """
+    ref_scores, ref_idx = search_order(full, k)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_array_equal(scores, ref_scores)
+    flat_scores, flat_idx = flat.search(queries, k)
+    kth = -np.sort(-full, axis=1)
+    settled = kth[:, k - 1] > kth[:, k]
+    np.testing.assert_array_equal(idx[settled], flat_idx[settled])
+    np.testing.assert_array_equal(scores[settled], flat_scores[settled])
+    return int((~settled).sum()), int((scores[settled][:, 1:] == scores[settled][:, :-1]).sum())
+
+
+def test_equal_scores_ordered_alike_whatever_the_blocks_and_shards(tmp_path):
+    """Duplicated passages straddling block (1024, 2048) and shard boundaries: one order, the one IndexFlatIP lists."""
+    rng = np.random.default_rng(3)
+    passages = rng.standard_normal((2600, 8)).astype(np.float32)
+    base = rng.standard_normal((12, 8)).astype(np.float32)
+    for g, centre in enumerate([1024, 2048, 700, 1400, 2100, 1100]):  # block and shard boundaries
+        passages[centre - 3 - g : centre + 4 + g] = base[g]  # a run of copies across the boundary
+    scattered = rng.choice(2600, 600, replace=False)  # and copies anywhere
+    passages[scattered] = base[rng.integers(0, len(base), len(scattered))]
+    queries = (base[rng.integers(0, len(base), 40)] + 0.3 * rng.standard_normal((40, 8))).astype(np.float32)
+    full = all_scores(queries, passages)
+    flat = faiss.IndexFlatIP(8)
+    flat.add(passages)
+    results = {}
+    for shard_size, block_rows in [(2600, 1 << 18), (700, 1024), (1100, 2048), (1300, 1000)]:
+        folder = tmp_path / f"{shard_size}-{block_rows}"
+        write_index(str(folder), [f"p{i}" for i in range(2600)], passages, shard_size=shard_size)
+        index = EmbeddingIndex(folder)
+        for k in (1, 5, 60, 100, 150):
+            scores, idx = search_embeddings(index, queries, SearchOptions(depth=k, block_rows=block_rows))
+            results.setdefault(k, []).append((scores, idx))
+    cut_rows = listed_ties = 0
+    for k, runs in results.items():
+        for scores, idx in runs:
+            cut, ties = check_order(full, flat, queries, scores, idx, k)
+        cut_rows, listed_ties = cut_rows + cut, listed_ties + ties
+    assert cut_rows and listed_ties  # both cases occur
+
+
+def test_scores_do_not_depend_on_shard_boundaries_on_the_blas_path(tmp_path, monkeypatch):
+    """Over faiss's BLAS threshold scores round per tile of queries and of 1024 rows; the search keeps them."""
+    # faiss's switches, lowered so that a small test takes its BLAS path (queries × dim ≥ threshold) with
+    # several query tiles, each too small for BLAS alone (64 × 16 < 4096) when rescored.
+    monkeypatch.setattr(faiss.cvar, "distance_compute_blas_threshold", 4096)
+    monkeypatch.setattr(faiss.cvar, "distance_compute_blas_query_bs", 64)
+    rng = np.random.default_rng(4)
+    passages = rng.standard_normal((2500, 16)).astype(np.float32)
+    passages[1000:1150] = passages[0]  # a group of equal scores longer than the depth, across both boundaries
+    queries = rng.standard_normal((300, 16)).astype(np.float32)
+    queries[200:] = passages[0] + 0.1 * queries[200:]  # these rank the group first
+    write_index(str(tmp_path / "idx"), [f"p{i}" for i in range(2500)], passages, shard_size=1100)
+    rescored = []
+    real = search_mod._same_scores
+    monkeypatch.setattr(search_mod, "_same_scores", lambda *a: rescored.append(len(a[2])) or real(*a))
+    scores, idx = search_embeddings(EmbeddingIndex(tmp_path / "idx"), queries, SearchOptions(depth=100))
+    flat = faiss.IndexFlatIP(16)
+    flat.add(passages)
+    # all_scores and flat see all queries at once, as the search does.
+    cut, _ = check_order(all_scores(queries, passages), flat, queries, scores, idx, 100)
+    # Where the group is cut by the 100th place, its last members were found by rescoring the blocks' tiles.
+    # (Copies in different row tiles need not score alike: faiss rounds them differently.)
+    assert cut >= 100 and rescored
+
+
+def test_one_query_scores_do_not_depend_on_blocks(tmp_path):
+    """Fewer queries than faiss threads: faiss would score a large block with another kernel than a small one."""
+    rng = np.random.default_rng(5)
+    passages = rng.standard_normal((20000, 8)).astype(np.float32)
+    passages[9000:12000] = passages[0]  # equal scores across blocks too
+    query = rng.standard_normal((1, 8)).astype(np.float32)
+    runs = []
+    for shard_size, block_rows in [(20000, 1 << 18), (20000, 4096), (7000, 1 << 18)]:
+        folder = tmp_path / f"{shard_size}-{block_rows}"
+        write_index(str(folder), [f"p{i}" for i in range(20000)], passages, shard_size=shard_size)
+        index = EmbeddingIndex(folder)
+        runs.append(search_embeddings(index, query, SearchOptions(depth=50, block_rows=block_rows)))
+    for scores, idx in runs[1:]:
+        np.testing.assert_array_equal(scores, runs[0][0])
+        np.testing.assert_array_equal(idx, runs[0][1])
+    ref_scores, ref_idx = search_order(all_scores(np.repeat(query, max(64, faiss.omp_get_max_threads()), axis=0), passages)[:1], 50)
+    np.testing.assert_array_equal(runs[0][1], ref_idx)
+    np.testing.assert_array_equal(runs[0][0], ref_scores)
 
 
 def test_depth_beyond_corpus_and_no_missing_hits(tmp_path, caplog):

@@ -1,31 +1,47 @@
-"""Two CPU processes (gloo): cross-device negatives equal one process on the global batch; both launchers work.
+"""Two CPU processes (gloo) over two epochs: cross-device negatives equal one process on the global batch, every
+rank draws its examples' passages of the right epoch (loader workers included); both launchers work.
 
-Each launch trains ONE step of plain SGD (no warm-up, no clipping, no weight decay), so the change of every
-weight is ``-lr * gradient``: comparing the saved models compares the gradients. Dropout is off so that the
-two set-ups compute the same function.
+Each launch trains two epochs (four steps each) of plain SGD (no warm-up, no clipping, no weight decay) on the
+same global batches as the one-process reference (the same shuffle, split between the ranks), so equal saved
+models mean equal gradients at every step, on the passages of both epochs. Dropout is off so that the two set-ups
+compute the same function.
+
+Run as a script (``torchrun ... tests/test_train_distributed.py ARGS``), this file is the training driver with a
+training set that records what each rank draws (see ``RecordingDataset``).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
+from openmatch.dataset.train_dataset import TrainDataset
 from test_trainer import arg_list, no_dropout, write_synthetic_task
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LR = 0.5
-SGD_ONE_STEP = ["--max_steps", "1", "--optim", "sgd", "--learning_rate", str(LR), "--lr_scheduler_type", "constant",
-                "--warmup_ratio", "0", "--max_grad_norm", "0", "--weight_decay", "0", "--save_strategy", "no",
-                "--train_n_passages", "3"]
+N_EXAMPLES, EPOCHS, N_PASSAGES = 32, 2, 3  # 32 examples / global batch 8 = 4 steps per epoch
+SGD_TWO_EPOCHS = ["--num_train_epochs", str(EPOCHS), "--optim", "sgd", "--learning_rate", "0.5",
+                  "--lr_scheduler_type", "constant", "--warmup_ratio", "0", "--max_grad_norm", "0",
+                  "--weight_decay", "0", "--save_strategy", "no", "--train_n_passages", str(N_PASSAGES)]
 
 
-def run(cmd, timeout=240):
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=REPO)
+def free_port() -> int:
+    # Fixed ports collide with other distributed tests running at the same time.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run(cmd, timeout=240, **env_extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=REPO, **env_extra)
     env.pop("TENSORBOARD_LOGGING_DIR", None)
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -36,39 +52,86 @@ def run(cmd, timeout=240):
 def setup(tiny_bert, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dist")
     model = no_dropout(tiny_bert, tmp)
-    train = write_synthetic_task(tiny_bert, tmp / "train.jsonl", 32, 0)
+    train = write_synthetic_task(tiny_bert, tmp / "train.jsonl", N_EXAMPLES, 0)
     # Reference: one process, global batch 8 (= 2 ranks × 4).
     out = tmp / "single"
     run([sys.executable, "-m", "openmatch.driver.train_dr",
-         *arg_list(out, model, train, *SGD_ONE_STEP, "--per_device_train_batch_size", "8")])
+         *arg_list(out, model, train, *SGD_TWO_EPOCHS, "--per_device_train_batch_size", "8")])
     return tmp, model, train, load_file(str(out / "model.safetensors")), load_file(str(model / "model.safetensors"))
 
 
 def assert_same_update(got, want, initial):
+    """Every weight tensor moved as in the reference, up to the float drift of eight steps (summation order
+    differs between set-ups; measured under 0.6% of the tensor's largest move). Epoch 0's negatives drawn again
+    in epoch 1 leave some tensors off by 70-90% of theirs."""
     moved = 0
     for name, value in want.items():
-        delta_want, delta_got = (value - initial[name]) / LR, (got[name] - initial[name]) / LR
-        torch.testing.assert_close(delta_got, delta_want, rtol=1e-3, atol=1e-5, msg=name)
-        moved += bool(delta_want.abs().max() > 0)
-    assert moved > 10  # the gradients are not vacuously zero
+        delta_want, delta_got = value - initial[name], got[name] - initial[name]
+        scale = delta_want.abs().max().item()
+        torch.testing.assert_close(delta_got, delta_want, rtol=0, atol=3e-2 * scale + 1e-9, msg=name)
+        moved += scale > 1e-6
+    assert moved > 10  # the updates are not vacuously zero
 
 
-def test_torchrun_negatives_x_device_equals_single_process(setup):
+class RecordingDataset(TrainDataset):
+    """The training set, appending each example's drawn passages to ``$RECORD_DIR/rank{RANK}.jsonl`` from the
+    process that draws them (the rank or its loader worker, a copy of the dataset)."""
+
+    def sample_passages(self, index, record, epoch=None):
+        passages = super().sample_passages(index, record, epoch)
+        path = os.path.join(os.environ["RECORD_DIR"], f"rank{os.environ['RANK']}.jsonl")
+        with open(path, "a") as handle:
+            handle.write(json.dumps({"index": index, "passages": passages}) + "\n")
+        return passages
+
+
+def test_torchrun_negatives_x_device_equals_single_process_and_draws_each_epochs_passages(setup, tiny_bert):
     tmp, model, train, want, initial = setup
-    out = tmp / "torchrun"
-    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
-         "-m", "openmatch.driver.train_dr",
-         *arg_list(out, model, train, *SGD_ONE_STEP, "--per_device_train_batch_size", "4", "--negatives_x_device")])
+    out, records = tmp / "torchrun", tmp / "records"
+    records.mkdir()
+    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", __file__,
+         *arg_list(out, model, train, *SGD_TWO_EPOCHS, "--per_device_train_batch_size", "4", "--negatives_x_device",
+                   "--dataloader_num_workers", "1")],
+        RECORD_DIR=str(records))
     assert_same_update(load_file(str(out / "model.safetensors")), want, initial)
+
+    # What one process draws for the same example and epoch: a function of (seed, epoch, index) only.
+    reference = TrainDataset([train], AutoTokenizer.from_pretrained(tiny_bert), train_n_passages=N_PASSAGES, seed=0)
+    per_epoch = N_EXAMPLES // 2
+    drawn = {}  # (epoch, index) -> passages
+    for rank in range(2):
+        lines = [json.loads(line) for line in (records / f"rank{rank}.jsonl").read_text().splitlines()]
+        assert len(lines) == EPOCHS * per_epoch, rank
+        orders = []
+        for epoch in range(EPOCHS):
+            chunk = lines[epoch * per_epoch:(epoch + 1) * per_epoch]  # each rank draws its epochs one after another
+            orders.append([item["index"] for item in chunk])
+            for item in chunk:
+                index = item["index"]
+                assert (epoch, index) not in drawn, (epoch, index)
+                drawn[epoch, index] = item["passages"]
+                assert item["passages"] == reference.sample_passages(index, reference.raw(index), epoch), (rank, epoch)
+        assert orders[1] != orders[0], rank  # the shuffle order advances too
+    assert sorted(drawn) == [(epoch, index) for epoch in range(EPOCHS) for index in range(N_EXAMPLES)]
+    for index in range(N_EXAMPLES):  # epoch 1 takes the next window of each example's negatives
+        assert drawn[1, index][1:] != drawn[0, index][1:], index
 
 
 def test_distributed_launch_with_grad_cache_equals_single_process(setup):
     """The recipe's launcher (``--local-rank=N`` passed to the script), GradCache under DDP (no_sync)."""
     tmp, model, train, want, initial = setup
     out = tmp / "launch"
-    proc = run([sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node=2", "--master_port=29533",
+    proc = run([sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node=2", f"--master_port={free_port()}",
                 "-m", "openmatch.driver.train_dr",
-                *arg_list(out, model, train, *SGD_ONE_STEP, "--per_device_train_batch_size", "4",
+                *arg_list(out, model, train, *SGD_TWO_EPOCHS, "--per_device_train_batch_size", "4",
                           "--negatives_x_device", "--grad_cache", "--gc_q_chunk_size", "3", "--gc_p_chunk_size", "5")])
     assert "process 0 of 2" in proc.stderr
     assert_same_update(load_file(str(out / "model.safetensors")), want, initial)
+
+
+if __name__ == "__main__":
+    # The training driver, reading its data through RecordingDataset (build_trainer looks the class up here).
+    from openmatch.driver import train_dr
+
+    train_dr.TrainDataset = RecordingDataset
+    sys.exit(train_dr.main(sys.argv[1:]))

@@ -27,8 +27,8 @@ from typing import Callable, Iterator, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from ..distributed import dist_context
 from ..errors import InputError, MissingInputError, UsageError
-from ..utils import dist_context
 from .readers import DataFormatError, find_id_key, is_jsonl, open_binary, parse_column_names, record_id
 from .streaming import ShardedStream
 from .template import Template

@@ -4,8 +4,8 @@ Qrels layouts accepted (whitespace: tab or spaces):
 - official TREC/MS MARCO: ``qid 0 pid rel`` (4 columns),
 - two columns: ``qid pid`` (relevance 1),
 - BEIR: a ``query-id corpus-id score`` header, then 3 columns.
-Judgments of relevance 0 are kept (they matter to nDCG's ideal ranking only through their absence, and to
-"judged" counts); metrics treat relevance > 0 as relevant.
+Judgments of relevance 0 are kept: metrics treat relevance > 0 as relevant, but a query judged only 0 is
+still a query of the evaluation (it scores 0, as in trec_eval).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import math
 import os
 from collections import defaultdict
 from typing import Iterable, Iterator, Sequence
+
+import numpy as np
 
 from ..errors import UsageError
 from ..utils import atomic_output
@@ -193,8 +195,13 @@ def load_ranked_run(path: str | os.PathLike) -> dict[str, list[str]]:
 
 
 def format_run_lines(qid: str, hits: Sequence[tuple[str, float]], run_id: str) -> Iterator[str]:
-    for rank, (pid, score) in enumerate(hits, start=1):
-        yield f"{qid} Q0 {pid} {rank} {score:.6f} {run_id}\n"
+    """TREC run lines of one query's hits (best first); scores as the float32 values, in 9 significant digits."""
+    # Scores are float32 (faiss; trec_eval reads them into C floats), and 9 significant digits are what any
+    # float32 needs to read back exactly: with fewer (OpenMatch's 6 decimals), neighbours that differ
+    # beyond the 6th decimal collapse into ties and evaluation re-orders them.
+    scores = np.asarray([score for _, score in hits], dtype=np.float32).tolist()
+    for rank, ((pid, _), score) in enumerate(zip(hits, scores), start=1):
+        yield f"{qid} Q0 {pid} {rank} {score:.9g} {run_id}\n"
 
 
 def write_trec_run(path: str | os.PathLike, results: Iterable[tuple[str, Sequence[tuple[str, float]]]], run_id: str = "OpenMatch") -> int:

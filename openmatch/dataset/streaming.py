@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Iterator, Optional
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..utils import dist_context
+from ..distributed import dist_context
 
 
 def reader_slot(rank: int, world_size: int, worker_id: int, num_workers: int) -> tuple[int, int]:

@@ -14,15 +14,15 @@ a folder holding another index is refused unless ``--overwrite_output_dir``. Lay
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from ..arguments import DataArguments, InferenceArguments, ModelArguments
 from ..cli import main_wrapper, parse_args
+from ..distributed import dist_context, init_distributed, teardown_distributed
 from ..errors import UsageError
-from ..utils import dataclasses_to_dict, dist_context, setup_logging
+from ..utils import dataclasses_to_dict, setup_logging
 
 logger = logging.getLogger("openmatch.build_index")
 
@@ -34,20 +34,6 @@ class IndexArguments:
     embedding_dtype: str = field(
         default="float32", metadata={"help": "dtype of the stored embeddings", "choices": ["float32", "float16"]}
     )
-
-
-def init_distributed() -> None:
-    """Join the process group a launcher (torchrun, torch.distributed.launch) describes, if any."""
-    import torch
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or dist.is_initialized():
-        return
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-        dist.init_process_group(backend="nccl")
-    else:
-        dist.init_process_group(backend="gloo")
 
 
 def device_of(infer_args) -> Optional[str]:
@@ -88,7 +74,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         device=device_of(infer_args),
         extra_manifest=_snapshot(model_args, data_args, infer_args, index_args),
     )
-    _teardown()
+    teardown_distributed()
     return 0
 
 
@@ -99,13 +85,6 @@ def _snapshot(*args) -> dict:
         if name == "InferenceArguments":  # the rest of TrainingArguments says nothing about the index
             snap[name] = {key: snap[name].get(key) for key in keep}
     return snap
-
-
-def _teardown() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

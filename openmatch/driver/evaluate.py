@@ -3,9 +3,10 @@
     python -m openmatch.driver.evaluate --qrels Q --run R [R ...] \
         [--metrics mrr@10,recall@100,recall@1000,ndcg@10,map] [--per_query] [--output metrics.json]
 
-Prints a table of the means (over the judged queries: those with a passage of relevance > 0; a judged query
-missing from the run scores 0); with ``--per_query`` first prints ``metric qid value`` lines like
-``trec_eval -q``. ``--output`` writes the same numbers as JSON, atomically. Several runs (``--run zero-shot=a.trec stage1=b.trec``)
+Prints a table of the means over the judged queries — every query of the qrels, also one whose judgments
+are all 0 — where a judged query missing from the run scores 0, as with ``trec_eval -c``; ``mrr@10`` is
+MS MARCO's official MRR@10, ``mrr`` trec_eval's uncut ``recip_rank``. With ``--per_query`` it first prints
+``metric qid value`` lines like ``trec_eval -q``. ``--output`` writes the same numbers as JSON, atomically. Several runs (``--run zero-shot=a.trec stage1=b.trec``)
 are compared in one table, a row per run. Semantics of each metric:
 :mod:`openmatch.evaluation.metrics`.
 """
@@ -110,6 +111,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(format_table(summary["metrics"], num_judged))
     else:
         print(format_comparison({name: s["metrics"] for name, s in summaries.items()}, num_judged))
+    without_relevant = sum(1 for judgments in qrels.values() if not any(rel > 0 for rel in judgments.values()))
+    if without_relevant:
+        print(f"({without_relevant} judged queries have no relevant passage and score 0)")
     for name, summary in summaries.items():
         if summary["num_judged_missing_from_run"]:
             print(f"({name}: {summary['num_judged_missing_from_run']} judged queries are missing from the run and score 0)")

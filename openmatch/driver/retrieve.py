@@ -19,8 +19,9 @@ from typing import Optional, Sequence
 
 from ..arguments import DataArguments, InferenceArguments, ModelArguments
 from ..cli import main_wrapper, parse_args
+from ..distributed import dist_context
 from ..errors import InputError, UsageError
-from ..utils import dist_context, setup_logging
+from ..utils import setup_logging
 from .build_index import device_of
 
 logger = logging.getLogger("openmatch.retrieve")

@@ -20,6 +20,7 @@ from ..cli import main_wrapper, parse_args
 from ..dataset.train_dataset import TrainCollator, TrainDataset
 from ..errors import MissingInputError, OutputExistsError, UsageError
 from ..modeling import load_model_and_tokenizer
+from ..modeling.checkpoint import CONFIG_NAME
 from ..trainer import DRTrainer
 from ..utils import setup_logging
 
@@ -50,7 +51,7 @@ def resolve_resume(training_args) -> Optional[str]:
             raise MissingInputError(f"{resume}: no such checkpoint folder (--resume_from_checkpoint)")
         return str(resume)
     if out.is_dir() and not training_args.overwrite_output_dir:
-        previous = [p.name for p in out.iterdir() if p.name.startswith("checkpoint-") or p.name == "openmatch_config.json"]
+        previous = [p.name for p in out.iterdir() if p.name.startswith("checkpoint-") or p.name == CONFIG_NAME]
         if previous:
             raise OutputExistsError(
                 f"{out} already holds a training run ({', '.join(sorted(previous)[:3])}); pass "

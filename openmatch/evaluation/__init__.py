@@ -1,4 +1,5 @@
-"""Ranking evaluation: MRR@k with the official MS MARCO semantics, Recall@k, nDCG@k, MAP, Precision@k."""
+"""Ranking evaluation: trec_eval's measures (Recall@k, nDCG@k, MAP, Precision@k, uncut MRR) computed by
+pytrec_eval, and MRR@k with the official MS MARCO semantics; means as ``trec_eval -c``."""
 
 from .metrics import (
     DEFAULT_METRICS,

@@ -1,32 +1,43 @@
-"""Ranking metrics: MRR@k (official MS MARCO semantics), Recall@k, nDCG@k, MAP(@k), Precision@k.
+"""Ranking metrics: trec_eval's measures, computed by trec_eval's own C code (``pytrec_eval``), and MS MARCO's
+official MRR@k.
 
-Semantics, chosen to be unambiguous and to agree with the reference tools:
+One rule for every metric, the rule of ``trec_eval -c`` (and of ``ir_measures`` and MS MARCO's
+``msmarco_eval.py``):
 
-- **Judged queries** are the queries of the qrels with at least one passage of relevance > 0. Every metric is
-  the mean over *all* judged queries; a judged query absent from the run scores 0 (the official MS MARCO
-  ``msmarco_eval.py`` and ``ir_measures`` do this; ``trec_eval`` does it only with ``-c``). Run queries that
-  are not judged are ignored, like ``trec_eval``. Queries whose judgments are all 0 are not judged queries:
-  every metric of theirs would be 0 whatever the run, and counting them only dilutes the mean.
-- **Order**: by score descending; ties are broken by passage id descending (byte-wise string comparison),
-  which is exactly ``trec_eval``'s ``comp_sim_docno`` (and so ``pytrec_eval``'s). Scores are compared in
-  single precision (float32), because ``trec_eval`` stores them as C ``float``: two scores that differ only
-  beyond float32's ~7 significant digits are a tie there, and so here (tested against pytrec_eval on such a
-  case). The rank column of a run file is ignored, as ``trec_eval`` ignores it. (ir_measures' MS MARCO
-  provider breaks ties by ascending id at full precision instead; it agrees with us whenever no ties occur.) :func:`evaluate_rankings` takes explicit orders instead.
-- A passage is **relevant** when its relevance is > 0 (``trec_eval``'s default ``relevance_level`` 1);
-  graded relevance matters only to nDCG, whose gain is the relevance itself and whose discount is
-  ``log2(rank + 1)`` (``trec_eval``'s ``ndcg_cut``); the ideal ranking comes from the qrels.
-- ``mrr@k``: 1/rank of the first relevant passage within the top k, else 0; ``mrr``: uncut (``recip_rank``).
-  ``recall@k``: relevant passages in the top k / relevant passages judged. ``precision@k``: relevant in the
-  top k / k (even when fewer than k were retrieved). ``map``: sum of precision at each relevant retrieved
-  passage / relevant passages judged; ``map@k`` the same over the top k (``trec_eval``'s ``map_cut``).
-  ``ndcg``: uncut nDCG over the whole run.
+- **Queries**: the *judged queries* are the queries of the qrels, i.e. those with at least one judgment of
+  any relevance, 0 included (trec_eval's query set). A metric is the mean over all of them: a judged query
+  missing from the run scores 0, and so does one whose judgments are all 0 (it has nothing relevant to
+  find). That is ``trec_eval -c``; plain ``trec_eval`` averages over the judged queries present in the
+  run only. For every query trec_eval reports (judged and in the run) the per-query value is trec_eval's
+  own. Run queries that are not judged are ignored, as by trec_eval.
+- **Relevant**: relevance > 0 (trec_eval's default ``relevance_level`` 1). Graded relevance matters to nDCG
+  only, whose gain is the relevance and whose ideal ranking comes from the qrels.
+- **Order**: trec_eval's: score descending, ties broken by passage id descending (byte-wise string
+  comparison). Scores are compared in single precision (float32), as trec_eval stores them as C floats:
+  scores differing only beyond float32's ~7 significant digits are a tie. The rank column of a run file is
+  ignored, as trec_eval ignores it. :func:`evaluate_rankings` takes explicit orders instead.
 
-Each metric is one small function of the ranks at which the relevant passages were retrieved
-(``_PerQuery``); both entry points, :func:`evaluate` (scores) and :func:`evaluate_rankings` (orders), reduce a
-query to those ranks, so they cannot disagree. Finding those ranks costs one sort of the query's scores
-(numpy) plus a binary search per relevant passage, so the 6,980 × 1,000 MS MARCO dev run takes a fraction
-of a second once loaded.
+Metric names (aliases: ``RR@10``, ``R@100``, ``nDCG@10``, ``AP``, ``P@5``, ``recip_rank``, ``ndcg_cut_10``...):
+
+- ``mrr@k``: **MS MARCO's MRR@k** (official at k = 10): 1/rank of the first relevant passage if it is within
+  the top k, else 0 (no trec_eval measure; ir_measures' ``RR@k``);
+- ``mrr``: 1/rank of the first relevant passage, no cut-off (``recip_rank``);
+- ``recall@k``: relevant passages in the top k / relevant passages judged (``recall_k``);
+- ``precision@k``: relevant passages in the top k / k, also when fewer were retrieved (``P_k``);
+- ``ndcg@k``, ``ndcg``: nDCG of the top k or of the whole ranking, gain = relevance, discount
+  log2(rank + 1) (``ndcg_cut_k``, ``ndcg``);
+- ``map@k``, ``map``: average precision over the top k or the whole ranking (``map_cut_k``, ``map``).
+
+``mrr@k`` is the one measure trec_eval lacks (``recip_rank`` has no cut-off, which reads about a point
+higher on a typical MS MARCO run): it is trec_eval's ``recip_rank`` set to 0 when the first relevant
+passage ranks below k. It keeps MS MARCO's semantics — the qrels define the queries, a query missing from
+the run scores 0, the mean is over all of them — with two precisions where ``msmarco_eval.py`` is silent
+or loose: it counts every qrels line as relevant whatever its label (MS MARCO's qrels hold only 1s; here,
+as in ir_measures' MS MARCO provider, relevance > 0), and it orders by the run's rank column (here by score,
+as above; the runs this package writes list hits by descending score, so the two agree up to exactly equal
+scores).
+
+Evaluating the MS MARCO dev run (6,980 queries x 1,000 hits) takes a few seconds once the run is loaded.
 """
 
 from __future__ import annotations
@@ -35,9 +46,10 @@ import logging
 import math
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Optional, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
+import pytrec_eval
 
 from ..errors import InputError, UsageError
 
@@ -105,151 +117,103 @@ def parse_metrics(metrics: str | Iterable[str | Metric]) -> list[Metric]:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Per-query state and one function per metric.
+# trec_eval (pytrec_eval) does the ranking and the measures; only mrr@k's cut-off is ours.
 
-
-@dataclass
-class _PerQuery:
-    """What every metric needs of one query: 1-based ranks (ascending) of the relevant passages that were
-    retrieved, their gains (relevance) in the same order, the number of relevant passages judged and the
-    ideal gains (all judged relevances > 0, descending)."""
-
-    ranks: list[int]
-    gains: list[float]
-    num_rel: int
-    ideal: list[float]
-
-
-def _mrr(q: _PerQuery, k: Optional[int]) -> float:
-    if not q.ranks or (k is not None and q.ranks[0] > k):
-        return 0.0
-    return 1.0 / q.ranks[0]
-
-
-def _recall(q: _PerQuery, k: Optional[int]) -> float:
-    return sum(1 for rank in q.ranks if k is None or rank <= k) / q.num_rel
-
-
-def _precision(q: _PerQuery, k: Optional[int]) -> float:
-    return sum(1 for rank in q.ranks if rank <= k) / k
-
-
-def _map(q: _PerQuery, k: Optional[int]) -> float:
-    total = 0.0
-    for found, rank in enumerate(q.ranks, start=1):
-        if k is not None and rank > k:
-            break
-        total += found / rank
-    return total / q.num_rel
-
-
-def _ndcg(q: _PerQuery, k: Optional[int]) -> float:
-    dcg = sum(gain / math.log2(rank + 1) for rank, gain in zip(q.ranks, q.gains) if k is None or rank <= k)
-    ideal = q.ideal if k is None else q.ideal[:k]
-    idcg = sum(gain / math.log2(rank + 1) for rank, gain in enumerate(ideal, start=1))
-    return dcg / idcg
-
-
-_FUNCTIONS: dict[str, Callable[[_PerQuery, Optional[int]], float]] = {
-    "mrr": _mrr,
-    "recall": _recall,
-    "precision": _precision,
-    "map": _map,
-    "ndcg": _ndcg,
+# family -> trec_eval measure (uncut, cut at k); every family has a cut-off-k form in trec_eval but mrr.
+_TREC_MEASURES = {
+    "mrr": ("recip_rank", None),
+    "recall": (None, "recall"),
+    "precision": (None, "P"),
+    "ndcg": ("ndcg", "ndcg_cut"),
+    "map": ("map", "map_cut"),
 }
 
 
-# --------------------------------------------------------------------------------------------------------
-# Reducing a query's run to the ranks of its relevant passages.
+def _trec_key(metric: Metric) -> str:
+    """Key of ``metric``'s value in pytrec_eval's results (``mrr@k``: ``recip_rank``, cut here)."""
+    uncut, cut = _TREC_MEASURES[metric.family]
+    if metric.k is None or metric.family == "mrr":
+        return uncut
+    return f"{cut}_{metric.k}"
+
+
+def _trec_measures(metrics: Sequence[Metric]) -> set[str]:
+    """What to ask pytrec_eval for: uncut measures by name, cut ones as ``ndcg_cut.5,10`` (its own cut-offs
+    only, not trec_eval's default list)."""
+    measures, cutoffs = set(), {}
+    for metric in metrics:
+        uncut, cut = _TREC_MEASURES[metric.family]
+        if metric.k is None or metric.family == "mrr":
+            measures.add(uncut)
+        else:
+            cutoffs.setdefault(cut, set()).add(metric.k)
+    measures |= {f"{cut}.{','.join(map(str, sorted(ks)))}" for cut, ks in cutoffs.items()}
+    return measures
+
+
+def _value(row: Mapping[str, float], metric: Metric) -> float:
+    if metric.family == "mrr" and metric.k is not None:
+        # recip_rank is exactly 1/rank of the first relevant passage: MS MARCO's MRR@k keeps it in the top k only.
+        rr = row["recip_rank"]
+        return rr if rr > 0 and round(1 / rr) <= metric.k else 0.0
+    return row[_trec_key(metric)]
 
 
 def _judged(qrels: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
-    """``{qid: {pid: rel > 0}}`` for the judged queries (at least one relevant passage)."""
-    judged = {}
-    for qid, judgments in qrels.items():
-        relevant = {str(pid): int(rel) for pid, rel in judgments.items() if rel > 0}
-        if relevant:
-            judged[str(qid)] = relevant
+    """``{qid: {pid: relevance}}`` of the judged queries (at least one judgment, of any relevance), with the
+    str ids and int relevances pytrec_eval takes."""
+    judged = {
+        str(qid): {str(pid): int(rel) for pid, rel in judgments.items()} for qid, judgments in qrels.items() if judgments
+    }
     if not judged:
-        raise InputError("the qrels judge no passage relevant (relevance > 0): nothing to evaluate")
+        raise InputError("the qrels hold no judgment: nothing to evaluate")
     return judged
 
 
-def _per_query(relevant: dict[str, int], found: list[tuple[int, str]]) -> _PerQuery:
-    found.sort()
-    gains = [float(relevant[pid]) for _, pid in found]
-    ideal = sorted((float(rel) for rel in relevant.values()), reverse=True)
-    return _PerQuery([rank for rank, _ in found], gains, len(relevant), ideal)
-
-
-def _ranks_from_scores(relevant: dict[str, int], hits: Mapping[str, float], qid: str) -> list[tuple[int, str]]:
-    """``[(rank, pid)]`` of the relevant passages present in ``hits`` under trec_eval's order
-    (score descending, then passage id descending), without sorting the passage ids."""
-    present = [(pid, hits[pid]) for pid in relevant if pid in hits]
-    if not present:
-        return []
-    # float32: trec_eval stores scores as C floats, so scores equal in single precision are tied there.
-    scores = np.fromiter(hits.values(), dtype=np.float64, count=len(hits)).astype(np.float32)
-    if np.isnan(scores).any():
-        raise InputError(f"query {qid!r}: the run holds a NaN score, which has no rank")
-    ascending = np.sort(scores)
-    targets = np.array([score for _, score in present], dtype=np.float64).astype(np.float32)
-    # Passages scoring strictly higher rank above; equal scores are ordered by id, descending.
-    right = np.searchsorted(ascending, targets, side="right")
-    above = len(scores) - right
-    equal = right - np.searchsorted(ascending, targets, side="left")
-    found = []
-    all_pids = None
-    for (pid, _), target, n_above, n_equal in zip(present, targets, above.tolist(), equal.tolist()):
-        if n_equal > 1:
-            all_pids = list(hits) if all_pids is None else all_pids
-            n_above += sum(1 for index in np.flatnonzero(scores == target).tolist() if all_pids[index] > pid)
-        found.append((n_above + 1, pid))
-    return found
-
-
-def _ranks_from_order(relevant: dict[str, int], ranked: Sequence[str], qid: str) -> list[tuple[int, str]]:
-    """``[(rank, pid)]`` of the relevant passages present in an explicit best-first order."""
-    if len(set(ranked)) != len(ranked):
-        raise InputError(f"query {qid!r}: a passage appears twice in the ranking")
-    if not isinstance(ranked, list):
-        ranked = list(ranked)
-    found = []
-    for pid in relevant:
-        try:
-            found.append((ranked.index(pid) + 1, pid))  # a C-speed scan: relevant passages are few
-        except ValueError:
-            continue
-    return found
+def _trec_eval(judged: dict[str, dict[str, int]], run: dict[str, Mapping[str, float]], measures: set[str]) -> dict:
+    """pytrec_eval's ``{qid: {measure: value}}`` for the judged queries of ``run`` (those it reports)."""
+    for qid, hits in run.items():
+        if any(map(math.isnan, hits.values())):
+            raise InputError(f"query {qid!r}: the run holds a NaN score, which has no rank")
+    evaluator = pytrec_eval.RelevanceEvaluator(judged, measures)
+    try:
+        return evaluator.evaluate(run)
+    except TypeError:
+        # pytrec_eval takes only str passage ids and Python float scores; converting every hit up front
+        # would cost more than the evaluation on MS MARCO dev, so only runs that need it are converted.
+        return evaluator.evaluate({qid: {str(pid): float(score) for pid, score in hits.items()} for qid, hits in run.items()})
 
 
 def _aggregate(
     qrels: Mapping[str, Mapping[str, int]],
-    run_qids: Iterable[str],
-    ranks_of: Callable[[str, dict[str, int]], list[tuple[int, str]]],
+    run: Mapping[str, Mapping[str, float]],
     metrics,
     per_query: bool,
 ):
     parsed = parse_metrics(metrics)
     judged = _judged(qrels)
-    run_qids = set(map(str, run_qids))
-    shared = run_qids & judged.keys()
+    shared = run.keys() & judged.keys()
     if not shared:
         raise InputError(
-            f"the run and the qrels share no query ({len(run_qids)} run queries, {len(judged)} judged queries, "
-            f"e.g. run {sorted(run_qids)[:3]} vs qrels {sorted(judged)[:3]}): wrong qrels file or id mismatch?"
+            f"the run and the qrels share no query ({len(run)} run queries, {len(judged)} judged queries, "
+            f"e.g. run {sorted(run)[:3]} vs qrels {sorted(judged)[:3]}): wrong qrels file or id mismatch?"
         )
-    missing, ignored = len(judged) - len(shared), len(run_qids - judged.keys())
-    if missing or ignored:
+    without_relevant = sum(1 for judgments in judged.values() if not any(rel > 0 for rel in judgments.values()))
+    if without_relevant == len(judged):
+        logger.warning("the qrels judge no passage relevant (relevance > 0): every metric is 0")
+    missing, ignored = len(judged) - len(shared), len(run) - len(shared)
+    if missing or ignored or without_relevant:
         logger.info(
-            "%d judged queries, %d of them missing from the run (they score 0); %d run queries without judgments ignored",
-            len(judged), missing, ignored,
+            "%d judged queries: %d missing from the run and %d without a relevant passage (they score 0); "
+            "%d run queries without judgments ignored",
+            len(judged), missing, without_relevant, ignored,
         )
+    raw = _trec_eval(judged, {qid: run[qid] for qid in shared}, _trec_measures(parsed))
     values = {metric.name: {} for metric in parsed}
-    for qid, relevant in judged.items():
-        state = _per_query(relevant, ranks_of(qid, relevant) if qid in shared else [])
+    for qid in judged:
+        row = raw.get(qid)  # absent: not in the run, or no hits there (trec_eval -c: 0 for every measure)
         for metric in parsed:
-            values[metric.name][qid] = _FUNCTIONS[metric.family](state, metric.k)
+            values[metric.name][qid] = 0.0 if row is None else _value(row, metric)
     return values if per_query else mean_over_queries(values)
 
 
@@ -267,12 +231,11 @@ def evaluate(
     """Evaluate a run ``{qid: {pid: score}}`` against qrels ``{qid: {pid: relevance}}``.
 
     Returns ``{metric: mean}`` or, with ``per_query``, ``{metric: {qid: value}}`` over the judged queries
-    (those with a passage of relevance > 0; absent from the run = 0). See the module docstring for the exact
-    semantics of each metric and of ties. Raises ``ValueError`` for an unknown metric, qrels without any
-    relevant passage, or a run sharing no query with the qrels.
+    (every query of the qrels, in qrels order; absent from the run = 0), like ``trec_eval -c``. See the
+    module docstring for the exact semantics of each metric and of ties. Raises ``ValueError`` for an
+    unknown metric, qrels without any judgment, a NaN score, or a run sharing no query with the qrels.
     """
-    run = {str(qid): hits for qid, hits in run.items()}
-    return _aggregate(qrels, run.keys(), lambda qid, rel: _ranks_from_scores(rel, run[qid], qid), metrics, per_query)
+    return _aggregate(qrels, {str(qid): hits for qid, hits in run.items()}, metrics, per_query)
 
 
 def evaluate_rankings(
@@ -283,8 +246,14 @@ def evaluate_rankings(
 ) -> dict:
     """Like :func:`evaluate` for explicit orders ``{qid: [pid, ...]}`` (best first), e.g. from a trainer's
     validation search; positions give the ranks, no scores or tie rule involved."""
-    ranked = {str(qid): pids for qid, pids in ranked.items()}
-    return _aggregate(qrels, ranked.keys(), lambda qid, rel: _ranks_from_order(rel, ranked[qid], qid), metrics, per_query)
+    run = {}
+    for qid, pids in ranked.items():
+        pids = [str(pid) for pid in pids]
+        if len(set(pids)) != len(pids):
+            raise InputError(f"query {str(qid)!r}: a passage appears twice in the ranking")
+        # Distinct descending scores that trec_eval's float32 holds exactly (integers up to 2**24).
+        run[str(qid)] = dict(zip(pids, map(float, range(len(pids), 0, -1))))
+    return _aggregate(qrels, run, metrics, per_query)
 
 
 def rank_scores(

@@ -1,7 +1,8 @@
-"""Dense-retrieval model (``DRModel``), its configuration, the contrastive loss and the gradient-keeping gather.
+"""Dense-retrieval model (``DRModel``), its configuration, checkpoint folders and the contrastive loss.
 
-Names are imported lazily so that ``ContrastiveLoss``/``gather_with_grad`` (torch only) do not pull in
-transformers, which keeps spawned worker processes quick to start.
+Names are imported lazily so that ``ContrastiveLoss`` (torch only) does not pull in transformers, which keeps
+spawned worker processes quick to start. ``gather_with_grad`` lives in :mod:`openmatch.distributed` and is
+re-exported here.
 """
 
 from __future__ import annotations
@@ -11,20 +12,23 @@ from typing import TYPE_CHECKING
 
 _EXPORTS = {
     "DRModelConfig": ".config",
+    "TrainingSettings": ".config",
     "DRModel": ".dr_model",
     "DROutput": ".dr_model",
     "LinearHead": ".dr_model",
-    "load_model_and_tokenizer": ".dr_model",
+    "load_model_and_tokenizer": ".checkpoint",
     "ContrastiveLoss": ".loss",
-    "gather_with_grad": ".loss",
+    "gather_with_grad": "..distributed",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import DRModelConfig
-    from .dr_model import DRModel, DROutput, LinearHead, load_model_and_tokenizer
-    from .loss import ContrastiveLoss, gather_with_grad
+    from ..distributed import gather_with_grad
+    from .checkpoint import load_model_and_tokenizer
+    from .config import DRModelConfig, TrainingSettings
+    from .dr_model import DRModel, DROutput, LinearHead
+    from .loss import ContrastiveLoss
 
 
 def __getattr__(name: str):

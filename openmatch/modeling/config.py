@@ -1,8 +1,12 @@
-"""``DRModelConfig``: the architecture of a dense-retrieval model, stored as ``openmatch_config.json``."""
+"""``DRModelConfig``: what a dense-retrieval encoder is; ``TrainingSettings``: the loss settings kept with it.
+
+Both are stored together in a checkpoint's ``openmatch_config.json`` (see :mod:`openmatch.modeling.checkpoint`),
+but only the encoder decides an embedding, so only it takes part in index compatibility.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from ..errors import InputError
@@ -16,8 +20,28 @@ OPENMATCH_KEYS = ("tied", "plm_backbone", "pooling", "linear_head", "normalize")
 
 
 @dataclass
+class TrainingSettings:
+    """Settings of the training loss that a checkpoint keeps, so that further training optimises the same loss.
+
+    They never change an embedding: indexes ignore them (:meth:`DRModelConfig.encoding_json` leaves them out)
+    and ``--temperature``, when given, replaces the stored value.
+    """
+
+    temperature: float = 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``openmatch_config.json`` keys these settings are stored under."""
+        return {"temperature": self.temperature}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TrainingSettings":
+        """Read them from ``openmatch_config.json`` content; OpenMatch's has none (it trains at temperature 1)."""
+        return cls(temperature=float(data.get("temperature", 1.0)))
+
+
+@dataclass
 class DRModelConfig:
-    """Architecture of a bi-encoder: backbone class, pooling, head, normalisation and loss temperature.
+    """The encoder of a bi-encoder (backbone class, pooling, head, normalisation), plus its ``training`` settings.
 
     ``to_openmatch_json`` writes OpenMatch v2's ``openmatch_config.json`` schema (``tied``,
     ``plm_backbone.{type,feature}``, ``pooling``, ``linear_head``, ``normalize``) plus our extra keys, so
@@ -32,8 +56,12 @@ class DRModelConfig:
     projection_in_dim: Optional[int] = None
     projection_out_dim: Optional[int] = None
     normalize: bool = False
-    temperature: float = 1.0
-    encoder_only: bool = True
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+
+    @property
+    def temperature(self) -> float:
+        """The loss temperature the trainer uses (``training.temperature``)."""
+        return self.training.temperature
 
     @property
     def uses_decoder(self) -> bool:
@@ -49,8 +77,8 @@ class DRModelConfig:
 
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
-    def to_openmatch_json(self) -> dict[str, Any]:
-        """The ``openmatch_config.json`` content: OpenMatch's keys first, then ours."""
+    def _encoder_json(self) -> dict[str, Any]:
+        """The encoder's fields in ``openmatch_config.json`` form: OpenMatch's keys first, then ours."""
         return {
             "tied": self.tied,
             "plm_backbone": {"type": self.plm_backbone_type, "feature": self.feature},
@@ -59,43 +87,46 @@ class DRModelConfig:
             "normalize": self.normalize,
             "projection_in_dim": self.projection_in_dim,
             "projection_out_dim": self.projection_out_dim,
-            "temperature": self.temperature,
-            "encoder_only": self.encoder_only,
         }
 
+    def to_openmatch_json(self) -> dict[str, Any]:
+        """The ``openmatch_config.json`` content: the encoder, then the training settings."""
+        return {**self._encoder_json(), **self.training.to_json()}
+
     def encoding_json(self) -> dict[str, Any]:
-        """The fields that decide what a text's embedding is: everything but training-only settings.
+        """The encoder's identity: the fields that decide what a text's embedding is, no training settings.
 
         Indexes record this, so a query encoder is checked against the index's model without tripping
         over the loss temperature, which never changes an embedding.
         """
-        config = self.to_openmatch_json()
-        config.pop("temperature", None)
-        return config
+        # encoder_only is implied by the backbone class and no longer stored in openmatch_config.json, but
+        # indexes built before recorded it here and compare this dict as a whole: kept so they still match.
+        return {**self._encoder_json(), "encoder_only": not self.uses_decoder}
 
     @classmethod
-    def from_openmatch_json(cls, data: dict[str, Any], source: str = "openmatch_config.json") -> "DRModelConfig":
-        """Read our or OpenMatch's ``openmatch_config.json`` (OpenMatch's lacks the extra keys)."""
+    def from_openmatch_json(cls, data: dict[str, Any], source: str = "model config") -> "DRModelConfig":
+        """Read our or OpenMatch's ``openmatch_config.json`` content (OpenMatch's lacks the extra keys).
+
+        ``source`` names the data in error messages (the checkpoint reader passes the file's path). Keys we
+        no longer write (``encoder_only``, which the backbone class implies) are ignored.
+        """
         missing = [key for key in OPENMATCH_KEYS if key not in data]
         if missing:
             raise InputError(f"{source}: missing key(s) {', '.join(missing)}")
         backbone = data["plm_backbone"]
         if not isinstance(backbone, dict) or "type" not in backbone:
             raise InputError(f"{source}: plm_backbone must be an object with a 'type' key")
-        backbone_type = str(backbone["type"])
         pooling = data["pooling"]
         if pooling not in ("first", "mean"):
             raise InputError(f"{source}: pooling must be 'first' or 'mean', got {pooling!r}")
         return cls(
             tied=bool(data["tied"]),
-            plm_backbone_type=backbone_type,
+            plm_backbone_type=str(backbone["type"]),
             feature=str(backbone.get("feature", "last_hidden_state")),
             pooling=pooling,
             linear_head=bool(data["linear_head"]),
             projection_in_dim=data.get("projection_in_dim"),
             projection_out_dim=data.get("projection_out_dim"),
             normalize=bool(data["normalize"]),
-            temperature=float(data.get("temperature", 1.0)),
-            # OpenMatch does not store encoder_only: the backbone class says it.
-            encoder_only=bool(data.get("encoder_only", backbone_type not in DECODER_BACKBONES)),
+            training=TrainingSettings.from_json(data),
         )

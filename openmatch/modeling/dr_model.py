@@ -1,16 +1,14 @@
-"""``DRModel``: one bi-encoder class for training and inference, compatible with OpenMatch v2 checkpoints."""
+"""``DRModel``: one bi-encoder class for training and inference: how a text becomes a vector.
+
+Its checkpoint folders (ours, OpenMatch v2's, plain Hugging Face ones) are read and written by
+:mod:`openmatch.modeling.checkpoint`.
+"""
 
 from __future__ import annotations
 
-import copy
-import json
-import logging
 import os
-import shutil
-import tempfile
-from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -18,25 +16,7 @@ from torch import Tensor, nn
 from transformers.utils import ModelOutput
 
 from ..arguments import ModelArguments
-from ..errors import InputError, MissingInputError, UsageError
-from ..utils import write_json_atomic
-from .config import DECODER_BACKBONES, T5_ENCODER_BACKBONES, DRModelConfig
-
-logger = logging.getLogger(__name__)
-
-CONFIG_NAME = "openmatch_config.json"
-HEAD_CONFIG_NAME = "head_config.json"
-HEAD_WEIGHTS_NAME = "linear.safetensors"
-OPENMATCH_HEAD_WEIGHTS_NAME = "linear.pt"
-HEAD_WEIGHT_KEY = "linear.weight"  # OpenMatch's LinearHead wraps nn.Linear as `.linear`
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-
-# (encoder-decoder class, encoder-only class) for config.model_type of the T5 family.
-T5_FAMILY = {
-    "t5": ("T5Model", "T5EncoderModel"),
-    "mt5": ("MT5Model", "MT5EncoderModel"),
-    "umt5": ("UMT5Model", "UMT5EncoderModel"),
-}
+from .config import DRModelConfig
 
 
 @dataclass
@@ -49,7 +29,10 @@ class DROutput(ModelOutput):
 
 
 class LinearHead(nn.Module):
-    """Bias-free projection; state dict key ``linear.weight`` as in OpenMatch's ``LinearHead``."""
+    """Bias-free projection; state dict key ``linear.weight`` as in OpenMatch's ``LinearHead``.
+
+    Its files are written and read by :func:`openmatch.modeling.checkpoint.save_head` / ``load_head``.
+    """
 
     def __init__(self, input_dim: int, output_dim: int):
         super().__init__()
@@ -58,84 +41,6 @@ class LinearHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.linear(x)
-
-    def save(self, folder: str | os.PathLike) -> None:
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file({HEAD_WEIGHT_KEY: self.linear.weight.detach().contiguous().cpu()}, str(folder / HEAD_WEIGHTS_NAME))
-        write_json_atomic(folder / HEAD_CONFIG_NAME, {"input_dim": self.input_dim, "output_dim": self.output_dim})
-
-    @classmethod
-    def load(cls, folder: str | os.PathLike) -> "LinearHead":
-        """Load ``linear.safetensors`` (ours) or ``linear.pt`` (OpenMatch's, read with weights_only)."""
-        folder = Path(folder)
-        if (folder / HEAD_WEIGHTS_NAME).exists():
-            from safetensors.torch import load_file
-
-            state = load_file(str(folder / HEAD_WEIGHTS_NAME))
-        elif (folder / OPENMATCH_HEAD_WEIGHTS_NAME).exists():
-            state = torch.load(folder / OPENMATCH_HEAD_WEIGHTS_NAME, map_location="cpu", weights_only=True)
-        else:
-            raise MissingInputError(
-                f"{folder}: checkpoint has a linear head but neither {HEAD_WEIGHTS_NAME} nor "
-                f"{OPENMATCH_HEAD_WEIGHTS_NAME} is there"
-            )
-        weight = state.get(HEAD_WEIGHT_KEY, state.get("weight"))
-        if weight is None or weight.dim() != 2:
-            raise InputError(f"{folder}: head weights have no 2-D '{HEAD_WEIGHT_KEY}' tensor (keys: {sorted(state)})")
-        output_dim, input_dim = weight.shape
-        if (folder / HEAD_CONFIG_NAME).exists():
-            head_cfg = json.loads((folder / HEAD_CONFIG_NAME).read_text())
-            if (head_cfg.get("input_dim"), head_cfg.get("output_dim")) != (input_dim, output_dim):
-                raise InputError(
-                    f"{folder / HEAD_CONFIG_NAME}: says {head_cfg.get('input_dim')}->{head_cfg.get('output_dim')} "
-                    f"but the weights are {input_dim}->{output_dim}"
-                )
-        head = cls(input_dim, output_dim)
-        with torch.no_grad():
-            head.linear.weight.copy_(weight.float())
-        return head
-
-
-def _check_backbone_folder(folder: Path) -> None:
-    if not folder.is_dir():
-        raise MissingInputError(f"{folder}: checkpoint folder not found")
-    if not (folder / "config.json").exists():
-        raise MissingInputError(f"{folder}: checkpoint is missing config.json")
-    if not any((folder / name).exists() for name in WEIGHT_FILES):
-        raise MissingInputError(
-            f"{folder}: checkpoint is missing its weights file (one of {', '.join(WEIGHT_FILES)})"
-        )
-
-
-def _backbone_class(name: str):
-    import transformers
-
-    cls = getattr(transformers, name, None)
-    if cls is None or not hasattr(cls, "from_pretrained"):
-        raise InputError(f"unknown backbone type {name!r} in {CONFIG_NAME} (not a transformers model class)")
-    return cls
-
-
-def _load_backbone(class_name: str, folder: str, model_args: ModelArguments, config=None) -> nn.Module:
-    kwargs: dict[str, Any] = {"dtype": torch.float32}  # fp32 master weights; mixed precision is autocast's job
-    if model_args.cache_dir:
-        kwargs["cache_dir"] = model_args.cache_dir
-    if config is not None:
-        kwargs["config"] = config
-    model, info = _backbone_class(class_name).from_pretrained(folder, output_loading_info=True, **kwargs)
-    # Hugging Face would initialise missing weights randomly and only log it: for a retriever that silently
-    # ruins every score, so it is an error. The BERT-style pooler is exempt (never used, see DRModel).
-    missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("pooler."))
-    if missing:
-        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise InputError(
-            f"{folder}: checkpoint has no weights for {len(missing)} parameter(s) of {type(model).__name__} "
-            f"({shown}); is it really a {type(model).__name__} checkpoint?"
-        )
-    return model
 
 
 class DRModel(nn.Module):
@@ -149,7 +54,7 @@ class DRModel(nn.Module):
       from the same weights.
 
     Build with :meth:`build` (from arguments) or :meth:`load` (from a checkpoint folder); scores are plain
-    dot products (:meth:`score`); the temperature in ``config`` is the loss's.
+    dot products (:meth:`score`); ``config.training`` holds the loss's settings, which no embedding depends on.
     """
 
     def __init__(
@@ -282,201 +187,25 @@ class DRModel(nn.Module):
     def is_gradient_checkpointing(self) -> bool:
         return self.is_activation_checkpointing
 
-    # ------------------------------------------------------------------ saving
+    # ------------------------------------------------------------------ checkpoints
+    # The folder format lives in openmatch.modeling.checkpoint, which imports this module: hence the local imports.
     def save(self, output_dir: str | os.PathLike, tokenizer=None) -> None:
-        """Write a checkpoint that :meth:`build` (and, when tied, OpenMatch) can load.
+        """Write a checkpoint folder that :meth:`load` (and, when tied, OpenMatch) can read; see
+        :func:`openmatch.modeling.checkpoint.save_model`."""
+        from .checkpoint import save_model
 
-        Tied: the backbone's ``save_pretrained`` files at the root; untied: ``query_model/`` and
-        ``passage_model/``. Heads as ``linear.safetensors`` + ``head_config.json`` (inside each tower folder
-        when untied). ``openmatch_config.json`` is written last and marks the checkpoint complete: a new
-        folder is written as a temporary sibling and renamed at the end; in an existing folder the old
-        marker is removed first, so an interrupted save never looks complete.
-        """
-        output_dir = Path(output_dir)
-        if output_dir.exists():
-            # Other processes (e.g. Trainer ranks writing RNG states) may be using the folder: write in place.
-            (output_dir / CONFIG_NAME).unlink(missing_ok=True)
-            self._write(output_dir, tokenizer)
-            return
-        output_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
-        try:
-            self._write(tmp, tokenizer)
-            os.replace(tmp, output_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        save_model(self, output_dir, tokenizer)
 
-    def _write(self, folder: Path, tokenizer) -> None:
-        if self.config.tied:
-            self.lm_q.save_pretrained(folder)
-            if self.head_q is not None:
-                self.head_q.save(folder)
-        else:
-            for name, lm, head in (("query_model", self.lm_q, self.head_q), ("passage_model", self._lm_p, self._head_p)):
-                lm.save_pretrained(folder / name)
-                if head is not None:
-                    head.save(folder / name)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(folder)
-        write_json_atomic(folder / CONFIG_NAME, self.config.to_openmatch_json())
-
-    # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, path: str | os.PathLike, **overrides) -> "DRModel":
         """Load a checkpoint folder (ours or OpenMatch's) with its stored settings; a plain HF folder
         gets the default flags. ``overrides`` are ``ModelArguments`` fields."""
-        path = str(path)
-        config_file = Path(path) / CONFIG_NAME
-        if config_file.exists() and "temperature" not in overrides:
-            stored = json.loads(config_file.read_text())
-            overrides["temperature"] = float(stored.get("temperature", 1.0))
-        return cls.build(ModelArguments(model_name_or_path=path, **overrides))
+        return cls.build(ModelArguments(model_name_or_path=str(path), **overrides))
 
     @classmethod
     def build(cls, model_args: ModelArguments) -> "DRModel":
-        """Build from ``--model_name_or_path``: our/OpenMatch's checkpoint folder (its stored architecture wins
-        over flags, with a warning naming each conflicting flag) or a plain Hugging Face model (flags decide)."""
-        path = Path(model_args.model_name_or_path)
-        if (path / CONFIG_NAME).exists():
-            return cls._build_from_checkpoint(path, model_args)
-        return cls._build_from_hf(str(model_args.model_name_or_path), model_args)
+        """Build from ``--model_name_or_path`` (a checkpoint folder or a Hugging Face model); see
+        :func:`openmatch.modeling.checkpoint.build_model`."""
+        from .checkpoint import build_model
 
-    @classmethod
-    def _build_from_hf(cls, path: str, model_args: ModelArguments) -> "DRModel":
-        from transformers import AutoConfig
-
-        if os.path.isdir(path):
-            _check_backbone_folder(Path(path))
-        config_kwargs = {"cache_dir": model_args.cache_dir} if model_args.cache_dir else {}
-        hf_config = AutoConfig.from_pretrained(model_args.config_name or path, **config_kwargs)
-        model_type = getattr(hf_config, "model_type", "")
-        if model_type in T5_FAMILY:
-            class_name = T5_FAMILY[model_type][1 if model_args.encoder_only else 0]
-        elif getattr(hf_config, "is_encoder_decoder", False):
-            raise InputError(
-                f"{path}: encoder-decoder model type {model_type!r} is not supported (T5-family or encoder models only)"
-            )
-        else:
-            class_name = "AutoModel"
-        if model_args.feature not in ("last_hidden_state", "pooler_output"):
-            raise UsageError(f"--feature must be last_hidden_state or pooler_output, got {model_args.feature!r}")
-        lm_q = _load_backbone(class_name, path, model_args, config=hf_config)
-        if class_name == "AutoModel":
-            class_name = type(lm_q).__name__
-        config = DRModelConfig(
-            tied=not model_args.untie_encoder,
-            plm_backbone_type=class_name,
-            feature=model_args.feature,
-            pooling=model_args.pooling,
-            linear_head=model_args.add_linear_head,
-            projection_in_dim=model_args.projection_in_dim if model_args.add_linear_head else None,
-            projection_out_dim=model_args.projection_out_dim if model_args.add_linear_head else None,
-            normalize=model_args.normalize,
-            temperature=model_args.temperature,
-            encoder_only=class_name not in DECODER_BACKBONES,
-        )
-        head_q = None
-        if model_args.add_linear_head:
-            hidden = getattr(lm_q.config, "d_model", None) or lm_q.config.hidden_size
-            if model_args.projection_in_dim != hidden:
-                raise UsageError(
-                    f"--projection_in_dim {model_args.projection_in_dim} does not match the hidden size {hidden} of {path}"
-                )
-            head_q = LinearHead(model_args.projection_in_dim, model_args.projection_out_dim)
-        lm_p = head_p = None
-        if not config.tied:
-            lm_p = copy.deepcopy(lm_q)
-            head_p = copy.deepcopy(head_q)
-        return cls(config, lm_q, lm_p, head_q, head_p)
-
-    @classmethod
-    def _build_from_checkpoint(cls, path: Path, model_args: ModelArguments) -> "DRModel":
-        try:
-            raw = json.loads((path / CONFIG_NAME).read_text())
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path / CONFIG_NAME}:{err.lineno}: invalid JSON ({err.msg})") from None
-        config = DRModelConfig.from_openmatch_json(raw, source=str(path / CONFIG_NAME))
-        config.temperature = model_args.temperature  # a loss hyper-parameter, not architecture: the flag decides
-        _warn_conflicts(path, config, model_args)
-        if config.feature not in ("last_hidden_state", "pooler_output"):
-            raise InputError(f"{path / CONFIG_NAME}: unsupported feature {config.feature!r}")
-        if config.tied:
-            towers = [path]
-        else:
-            towers = [path / "query_model", path / "passage_model"]
-        lms, heads = [], []
-        for tower, side in zip(towers, ("query", "passage")):
-            _check_backbone_folder(tower)
-            lms.append(_load_backbone(config.plm_backbone_type, str(tower), model_args))
-            if config.linear_head:
-                # OpenMatch writes untied heads to query_head/ and passage_head/; we write them in the tower.
-                head_dir = tower
-                if not config.tied and not _has_head(tower) and _has_head(path / f"{side}_head"):
-                    head_dir = path / f"{side}_head"
-                heads.append(LinearHead.load(head_dir))
-            else:
-                heads.append(None)
-        if config.linear_head:
-            config.projection_in_dim, config.projection_out_dim = heads[0].input_dim, heads[0].output_dim
-        if config.tied:
-            return cls(config, lms[0], None, heads[0], None)
-        return cls(config, lms[0], lms[1], heads[0], heads[1])
-
-
-def _has_head(folder: Path) -> bool:
-    return (folder / HEAD_WEIGHTS_NAME).exists() or (folder / OPENMATCH_HEAD_WEIGHTS_NAME).exists()
-
-
-def _warn_conflicts(path: Path, config: DRModelConfig, model_args: ModelArguments) -> None:
-    """One warning naming every flag (set away from its default) that the checkpoint overrides.
-
-    Flags left at their defaults cannot be told apart from flags not given, so they are not reported.
-    """
-    defaults = {f.name: f.default for f in fields(ModelArguments)}
-    checks = [
-        ("untie_encoder", not config.tied),
-        ("pooling", config.pooling),
-        ("add_linear_head", config.linear_head),
-        ("normalize", config.normalize),
-        ("feature", config.feature),
-    ]
-    if config.plm_backbone_type in DECODER_BACKBONES + T5_ENCODER_BACKBONES:
-        checks.append(("encoder_only", config.plm_backbone_type in T5_ENCODER_BACKBONES))
-    conflicts = []
-    for name, stored in checks:
-        flag = getattr(model_args, name)
-        if flag != defaults[name] and flag != stored:
-            conflicts.append(f"--{name} {flag} (checkpoint: {stored})")
-    if conflicts:
-        logger.warning(
-            "%s is a checkpoint whose %s decides the architecture; ignoring %s",
-            path, CONFIG_NAME, "; ".join(conflicts),
-        )
-
-
-def load_model_and_tokenizer(model_args: ModelArguments):
-    """The ``(DRModel, tokenizer)`` pair every driver uses; the tokenizer comes from ``--tokenizer_name``
-    or the model folder (for untied checkpoints without a root tokenizer, from ``query_model/``)."""
-    from transformers import AutoTokenizer
-
-    model = DRModel.build(model_args)
-    source = model_args.tokenizer_name or model_args.model_name_or_path
-    kwargs = {"cache_dir": model_args.cache_dir} if model_args.cache_dir else {}
-    if not model_args.tokenizer_name and not model.config.tied and not _has_tokenizer(Path(source)):
-        source = str(Path(source) / "query_model")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as err:
-        raise InputError(f"{source}: cannot load a tokenizer ({err}); pass --tokenizer_name") from None
-    if tokenizer.pad_token_id is None:
-        raise InputError(
-            f"{source}: tokenizer has no pad token; batches cannot be padded (set one in its tokenizer_config.json)"
-        )
-    return model, tokenizer
-
-
-def _has_tokenizer(folder: Path) -> bool:
-    return folder.is_dir() and any(
-        (folder / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model")
-    )
+        return build_model(model_args, cls)

@@ -1,9 +1,8 @@
-"""Contrastive loss with in-batch and hard negatives, and the autograd-preserving all-gather."""
+"""Contrastive loss with in-batch and hard negatives (the cross-device gather is in :mod:`openmatch.distributed`)."""
 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -49,33 +48,3 @@ class ContrastiveLoss(nn.Module):
             target = torch.arange(n_queries, device=scores.device) * group
             return F.cross_entropy(scores, target)
 
-
-def gather_with_grad(t: Tensor) -> Tensor:
-    """Concatenate ``t`` from every rank along dim 0, rank order; identity when not distributed.
-
-    The other ranks' slices are constants; this rank's slice is ``t`` itself, so gradients flow into
-    the local computation only. Each rank then holds the gradient of the *global* loss with respect to its
-    own inputs; DDP averages over ranks, which is why callers multiply the loss by the world size.
-    Ranks may hold different numbers of rows (a short last batch): slices are padded for the exchange
-    and trimmed after.
-    """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return t
-    world_size, rank = dist.get_world_size(), dist.get_rank()
-    t = t.contiguous()
-    local_rows = torch.tensor([t.size(0)], device=t.device, dtype=torch.long)
-    all_rows = [torch.zeros_like(local_rows) for _ in range(world_size)]
-    dist.all_gather(all_rows, local_rows)
-    rows = [int(r.item()) for r in all_rows]
-    max_rows = max(rows)
-    if max_rows != t.size(0):
-        padded = t.new_zeros((max_rows, *t.shape[1:]))
-        padded[: t.size(0)] = t.detach()
-        send = padded
-    else:
-        send = t.detach()
-    gathered = [torch.empty_like(send) for _ in range(world_size)]
-    dist.all_gather(gathered, send)
-    gathered = [g[:r] for g, r in zip(gathered, rows)]
-    gathered[rank] = t
-    return torch.cat(gathered, dim=0)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import logging
-from typing import Iterable, Iterator, Optional
+import warnings
+from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -27,37 +29,85 @@ def pick_device(device: Optional[str | torch.device] = None) -> torch.device:
 
 
 class Precision:
-    """How the model runs: fp32, fp16 (autocast) or bf16 (weights cast), float32 on CPU in any case.
+    """How the model runs: fp32, fp16 (autocast, GPU only) or bf16 (weights cast, any device).
 
     fp16 uses autocast rather than casting the weights because T5's feed-forward activations overflow
-    float16; autocast keeps the numerically sensitive ops in float32. bf16 has float32's range, so the
-    weights themselves are cast, which is faster.
+    float16; autocast keeps the numerically sensitive ops in float32. Without a GPU fp16 falls back to
+    float32 with a warning (CPU float16 kernels are slow or missing). bf16 has float32's range, so the
+    weights themselves are cast, which is faster; it runs on the CPU too.
     """
 
     def __init__(self, device: torch.device, fp16: bool = False, bf16: bool = False):
         if fp16 and bf16:
             raise UsageError("--fp16 and --bf16 are mutually exclusive")
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         self.device = device
-        on_gpu = device.type == "cuda"
-        if (fp16 or bf16) and not on_gpu:
-            logger.info("half precision needs a GPU; encoding in float32 on %s", device)
-        self.fp16 = fp16 and on_gpu
-        self.bf16 = bf16 and on_gpu
+        if fp16 and device.type != "cuda":
+            warnings.warn(f"fp16 needs a GPU; encoding in float32 on {device} (bf16 runs on the CPU)", stacklevel=2)
+        self.fp16 = fp16 and device.type == "cuda"
+        self.bf16 = bf16
 
     @property
     def name(self) -> str:
         return "fp16" if self.fp16 else "bf16" if self.bf16 else "fp32"
 
-    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-        model = model.to(self.device)
-        if self.bf16:
-            model = model.to(torch.bfloat16)
-        return model.eval()
+    @contextlib.contextmanager
+    def prepared(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+        """The model to encode with: in eval mode, on ``self.device``, with bfloat16 weights under bf16.
+
+        The caller's model is left as it was (device, dtype, weights, training mode): a notebook may go on
+        training it. When the device or dtype differs, a converted copy runs instead (the caller's weights
+        are never cast there and back, which would round them); otherwise the model itself runs in eval
+        mode and each submodule's training flag is restored on exit.
+        """
+        dtype = torch.bfloat16 if self.bf16 else None
+        if _needs_copy(model, self.device, dtype):
+            yield _converted_copy(model, self.device, dtype).eval()
+            return
+        modes = [(module, module.training) for module in model.modules()]
+        model.eval()
+        try:
+            yield model
+        finally:
+            for module, training in modes:
+                module.training = training
 
     def context(self):
         if self.fp16:
             return torch.autocast(device_type=self.device.type, dtype=torch.float16)
         return contextlib.nullcontext()
+
+
+def _tensors(model: torch.nn.Module) -> Iterator[torch.Tensor]:
+    yield from model.parameters()
+    yield from model.buffers()
+
+
+def _needs_copy(model: torch.nn.Module, device: torch.device, dtype: Optional[torch.dtype]) -> bool:
+    return any(
+        t.device != device or (dtype is not None and t.is_floating_point() and t.dtype != dtype)
+        for t in _tensors(model)
+    )
+
+
+def _converted_copy(model: torch.nn.Module, device: torch.device, dtype: Optional[torch.dtype]) -> torch.nn.Module:
+    """A deep copy of ``model`` whose tensors are on ``device`` (floating ones in ``dtype`` if given).
+
+    Each tensor is converted straight into the copy (through deepcopy's memo), so the peak memory is the
+    model plus its converted copy, and weights tied in the model stay tied in the copy.
+    """
+    memo: dict[int, Any] = {}
+    for t in _tensors(model):
+        if id(t) in memo:
+            continue
+        cast = dtype is not None and t.is_floating_point()
+        converted = t.detach().to(device=device, dtype=dtype if cast else t.dtype)
+        if isinstance(t, torch.nn.Parameter):
+            converted = torch.nn.Parameter(converted, requires_grad=t.requires_grad)
+        memo[id(t)] = converted
+    return copy.deepcopy(model, memo)
 
 
 def model_fingerprint(model: torch.nn.Module, sample: int = 4096) -> str:

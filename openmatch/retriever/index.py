@@ -16,7 +16,8 @@ Layout of ``output_dir`` (all JSON, text and ``.npy``; no pickle, because loadin
 
 Rank ``r`` owns the corpus lines ``g`` with ``g % world_size == r``; its ``j``-th line (``j = g //
 world_size``) goes to shard ``j // shard_size`` where ``shard_size = max_inmem_docs // world_size``, so
-memory holds at most about one shard of embeddings, whatever the corpus size.
+memory holds one shard of embeddings (one preallocated array, filled batch by batch at each row's place)
+plus the rows of the next shard that arrive early, whatever the corpus size.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def shard_names(rank: int, shard: int) -> dict[str, str]:
     return {"embeddings": f"embeddings.{stem}.npy", "ids": f"ids.{stem}.txt", "meta": f"shard.{stem}.json"}
 
 
-def sha256_file(path: str, block: int = 1 << 22) -> str:
+def sha256_file(path: str, block: int = 1 << 16) -> str:
+    # Small reads: beside a shard held in memory, the hash should cost next to nothing.
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(block), b""):
@@ -217,11 +219,18 @@ def complete_shards(output_dir: str, rank: int, shard_size: int) -> dict[int, di
 
 
 def write_shard(output_dir: str, rank: int, shard: int, positions, ids, embeddings: np.ndarray, dtype: str) -> dict:
-    """Write one complete shard (rows in corpus order); its json is renamed into place last."""
-    order = np.argsort(positions, kind="stable")
-    positions = np.asarray(positions)[order]
-    ids = [ids[i] for i in order]
-    embeddings = embeddings[order].astype(dtype, copy=False)
+    """Write one complete shard (rows in corpus order); its json is renamed into place last.
+
+    Rows given out of order are sorted by ``positions`` first (a copy); rows already in order are written
+    as they are, so a shard in ``dtype`` is never copied.
+    """
+    positions = np.asarray(positions)
+    if not (np.diff(positions) > 0).all():
+        order = np.argsort(positions, kind="stable")
+        positions = positions[order]
+        ids = [ids[i] for i in order]
+        embeddings = embeddings[order]
+    embeddings = embeddings.astype(dtype, copy=False)
     names = shard_names(rank, shard)
     with atomic_output(os.path.join(output_dir, names["embeddings"]), "wb") as handle:
         np.save(handle, np.ascontiguousarray(embeddings), allow_pickle=False)
@@ -362,7 +371,8 @@ def build_index(model, tokenizer, options: BuildOptions, model_path: str = "") -
             logger.info("rank %d: %d complete shard(s) found in %s; skipping them", rank, len(done), out)
         finished = bool(done) and any(meta["count"] < shard_size for meta in done.values())
         if not (state == "complete" or finished and _rank_complete(done, shard_size)):
-            _encode_rank(model, tokenizer, options, precision, template, rank, world_size, shard_size, done)
+            with precision.prepared(model) as runner:  # the caller's model is left as it was
+                _encode_rank(runner, tokenizer, options, precision, template, rank, world_size, shard_size, done)
     except BaseException as err:
         error = err
     _raise_unless_all_ok(error, "another rank failed while encoding; see its log")
@@ -402,9 +412,10 @@ def _encode_rank(model, tokenizer, options, precision, template, rank, world_siz
         window_batches=options.window_batches,
     )
     loader = make_loader(dataset, options.num_workers, pin_memory=precision.device.type == "cuda")
-    model = precision.prepare(model)
-    # An upper bound for the progress bar: a block count of the lines, without parsing them.
-    estimate = -(-count_lines(options.corpus_path) // world_size) - sum(meta["count"] for meta in done.values())
+    # An upper bound of this rank's records (every line might be one), counted without parsing: for the
+    # progress bar and to size the last shard.
+    max_rows = -(-count_lines(options.corpus_path) // world_size)
+    estimate = max_rows - sum(meta["count"] for meta in done.values())
     bar = tqdm(
         total=max(estimate, 0),
         unit="passages",
@@ -413,40 +424,124 @@ def _encode_rank(model, tokenizer, options, precision, template, rank, world_siz
         disable=not options.progress or rank != 0,
         smoothing=0.1,
     )
-    buffers: dict[int, dict[str, list]] = {}
-    written = 0
+    writer = _ShardWriter(options, rank, shard_size, max_rows, done)
     for batch, embeddings in encode_batches(model, loader, precision, side="passage"):
-        shards = batch["positions"].numpy() // shard_size
-        for shard in np.unique(shards):
-            rows = np.nonzero(shards == shard)[0]
-            buf = buffers.setdefault(int(shard), {"positions": [], "ids": [], "embeddings": [], "count": 0})
-            buf["positions"].append(batch["positions"].numpy()[rows])
-            buf["ids"].extend(batch["ids"][i] for i in rows)
-            buf["embeddings"].append(embeddings[rows])
-            buf["count"] += len(rows)
-            if buf["count"] == shard_size:
-                _flush(options, rank, int(shard), buffers.pop(int(shard)))
-                written += 1
+        writer.add(batch["positions"].numpy(), batch["ids"], embeddings)
         bar.update(len(batch["ids"]))
-    for shard in sorted(buffers):
-        if buffers[shard]["count"] > shard_size:  # pragma: no cover - guarded by the position arithmetic
-            raise RuntimeError(f"shard {shard} of rank {rank} overflowed")
-        _flush(options, rank, shard, buffers[shard])
-        written += 1
+    writer.finish()
     bar.close()
-    logger.info("rank %d: wrote %d shard(s) to %s", rank, written, options.output_dir)
+    logger.info("rank %d: wrote %d shard(s) to %s", rank, writer.written, options.output_dir)
 
 
-def _flush(options, rank: int, shard: int, buf: dict) -> dict:
-    return write_shard(
-        options.output_dir,
-        rank,
-        shard,
-        np.concatenate(buf["positions"]),
-        buf["ids"],
-        np.concatenate(buf["embeddings"]),
-        options.dtype,
-    )
+class _ShardArray:
+    """One shard's rows, each written straight to its place (its position minus the shard's first)."""
+
+    def __init__(self, shard: int, first: int, rows: int, dim: int, dtype: str):
+        self.shard, self.first = shard, first
+        self.embeddings = np.empty((rows, dim), dtype=dtype)
+        self.ids = np.empty(rows, dtype=object)
+        self.filled = np.zeros(rows, dtype=bool)
+        self.count = 0
+
+    def put(self, positions: np.ndarray, ids: list, embeddings: np.ndarray) -> None:
+        places = positions - self.first
+        if places.min() < 0 or places.max() >= len(self.filled):
+            raise RuntimeError(
+                f"shard {self.shard}: corpus position {int(positions.max())} is beyond the {len(self.filled)} rows "
+                "counted for it; did the corpus file change while encoding?"
+            )
+        if self.filled[places].any() or len(np.unique(places)) != len(places):
+            raise RuntimeError(f"shard {self.shard}: a corpus position was encoded twice")
+        self.filled[places] = True
+        self.embeddings[places] = embeddings  # cast to the shard's dtype here, row by row
+        self.ids[places] = ids
+        self.count += len(places)
+
+
+class _ShardWriter:
+    """Gathers one rank's embeddings into shards and writes each one, in shard order, once complete.
+
+    Batches come length-sorted within a window of lines, so their rows are out of corpus order and a
+    window can straddle a shard boundary. The shard being filled is one array of its final size and dtype
+    (``shard_size`` rows, fewer for the last shard: at most ``max_rows`` minus the rows before it), and each
+    batch's rows go straight to their places in it, so it is written without a copy. Rows of a later shard
+    that arrive early wait in their batch slices until its turn. Memory thus holds one shard plus about a
+    window of rows, not the batch list, its concatenation and its reordered copy (three shards).
+    """
+
+    def __init__(self, options, rank: int, shard_size: int, max_rows: int, done):
+        self.options, self.rank, self.shard_size, self.max_rows = options, rank, shard_size, max_rows
+        self.done = set(done)
+        self.next = self._skip_done(0)  # the shard being filled (or the first to come)
+        self.current: Optional[_ShardArray] = None
+        self.early: dict[int, list[tuple[np.ndarray, list, np.ndarray]]] = {}
+        self.written = 0
+
+    def _skip_done(self, shard: int) -> int:
+        while shard in self.done:
+            shard += 1
+        return shard
+
+    def add(self, positions: np.ndarray, ids: list, embeddings: np.ndarray) -> None:
+        """File one batch's rows (``positions``: this rank's corpus positions ``j``)."""
+        shards = positions // self.shard_size
+        for shard in np.unique(shards).tolist():
+            rows = np.flatnonzero(shards == shard)
+            part = (positions[rows], [ids[i] for i in rows], embeddings[rows])
+            if shard == self.next:
+                self._open(embeddings.shape[1]).put(*part)
+                self._write_complete()
+            elif shard > self.next:
+                self.early.setdefault(shard, []).append(part)
+            else:
+                raise RuntimeError(f"rank {self.rank}: rows of shard {shard} arrived after it was written or skipped")
+
+    def finish(self) -> None:
+        """Write what is left: the shard being filled (the last one, short) and any shard after it."""
+        while self.current is not None or self.early:
+            if self.current is None:
+                self.next = min(self.early)
+                self._open(self.early[self.next][0][2].shape[1])
+            self._write(self.current)
+            self.current = None
+
+    def _open(self, dim: int) -> _ShardArray:
+        """The array of shard ``next``, created (with the rows that came early) on first use."""
+        if self.current is None:
+            first = self.next * self.shard_size
+            rows = min(self.shard_size, self.max_rows - first)
+            if rows <= 0:
+                raise RuntimeError(
+                    f"rank {self.rank}: shard {self.next} starts beyond the {self.max_rows} rows the corpus's line "
+                    "count allows; did the corpus file change while encoding?"
+                )
+            self.current = _ShardArray(self.next, first, rows, dim, self.options.dtype)
+            for part in self.early.pop(self.next, []):
+                self.current.put(*part)
+        return self.current
+
+    def _write_complete(self) -> None:
+        while self.current is not None and self.current.count == self.shard_size:
+            self._write(self.current)
+            self.current = None
+            self.next = self._skip_done(self.next + 1)
+            if self.next in self.early:
+                self._open(self.early[self.next][0][2].shape[1])
+
+    def _write(self, array: _ShardArray) -> None:
+        count = array.count
+        if not array.filled[:count].all():
+            raise RuntimeError(f"rank {self.rank}: shard {array.shard} misses rows below its {count} rows")
+        write_shard(
+            self.options.output_dir,
+            self.rank,
+            array.shard,
+            np.arange(array.first, array.first + count),
+            array.ids[:count],
+            array.embeddings[:count],
+            self.options.dtype,
+        )
+        self.written += 1
 
 
 def _finalize(out: str, spec: IndexSpec, options: BuildOptions, world_size: int, shard_size: int) -> dict:

@@ -1,13 +1,28 @@
-"""Search an embedding index folder with faiss: exact by default, shard by shard with an exact top-k merge.
+"""Search an embedding index folder with faiss: exact by default, block by block with an exact top-k merge.
 
-Exact search (``faiss_index="Flat"``) runs ``faiss.knn`` (inner product) over each shard in blocks of rows,
-read through ``np.load(mmap_mode="r")``, and merges each block's top-k into the running top-k. The merge
-keeps the best ``k`` of the union, so the result equals one ``IndexFlatIP`` over the whole corpus while
-memory holds one block of passages plus ``n_queries × k`` results. Ties are broken by corpus order.
+Exact search (``faiss_index="Flat"``) runs ``faiss.knn`` (inner product) over blocks of rows read through
+``np.load(mmap_mode="r")`` and merges each block's top-k into the running top-k, so memory holds one block
+of passages plus ``n_queries × k`` results. The result does not depend on the block size or the sharding:
+
+- **Scores**: on its BLAS path faiss multiplies tiles of 1024 corpus rows (``distance_compute_blas_database_bs``)
+  and the last bit of a score depends on the tile. Blocks start at multiples of that tile in the whole
+  corpus and run across shard boundaries, so every row is scored in the tile one ``IndexFlatIP`` over the
+  corpus would use. Fewer queries than faiss threads are padded with zero rows: that keeps faiss off its
+  database-parallel path, which scores with another kernel depending on the block's length.
+- **Order**: score descending, then corpus row descending, which is how one ``IndexFlatIP`` lists equal
+  scores. As one total order it also decides which of equal scores straddling the k-th place are kept
+  (the latest rows), and the top ``k`` is a prefix of the top ``k + 1``. One ``IndexFlatIP`` keeps the
+  latest rows there as well for a few duplicates, but which members of a large cut group it keeps depends
+  on ``k`` and on its code path (a heap below k = 100, a reservoir above).
+- faiss lists a block's best scores exactly, but which members of an equal-score group reach its last
+  place is its own choice. Each block is searched ``_TIE_MARGIN`` deeper than ``k``; where the group at the
+  k-th place still reaches the end of that list, its latest members are found by rescoring the block's
+  tiles from the end, with the same query tiles so with the same scores (checked). With ``--use_gpu`` this
+  step is skipped and GPU faiss's choice stands for such groups.
 
 Any other factory string (``IVF4096,Flat``, ``HNSW32``, ``IVF256,PQ16`` …) builds one approximate index:
 trained on a deterministic sample of the corpus (an IVF's list count is lowered, with a warning, when
-the corpus is too small to train it), filled shard by shard, then searched in query batches.
+the corpus is too small to train it), filled block by block, then searched in query batches.
 
 faiss reports fewer than ``k`` hits with index ``-1``; such slots are dropped, never mapped to a passage.
 """
@@ -55,11 +70,22 @@ class EmbeddingIndex:
         return array
 
     def iter_blocks(self, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
-        """``(global_offset, float32 block)`` over the whole corpus, shard by shard."""
-        for shard, offset in zip(self.shards, self.offsets):
-            array = self.embeddings(shard)
-            for start in range(0, len(array), block_rows):
-                yield int(offset) + start, np.ascontiguousarray(array[start : start + block_rows], dtype=np.float32)
+        """``(global_offset, float32 block)`` over the whole corpus: rows ``[i·block_rows, (i+1)·block_rows)``.
+
+        Blocks run across shard boundaries, so which rows share a block does not depend on the sharding.
+        """
+        arrays: dict[int, np.ndarray] = {}
+        for start in range(0, self.total, block_rows):
+            stop = min(start + block_rows, self.total)
+            block = np.empty((stop - start, self.dim), dtype=np.float32)
+            for number, (shard, offset) in enumerate(zip(self.shards, self.offsets)):
+                lo, hi = max(start, int(offset)), min(stop, int(offset) + shard["count"])
+                if lo >= hi:
+                    continue
+                if number not in arrays:
+                    arrays = {number: self.embeddings(shard)}  # earlier shards are done with
+                block[lo - start : hi - start] = arrays[number][lo - offset : hi - offset]
+            yield start, block
 
     def lookup_ids(self, indices: np.ndarray) -> dict[int, str]:
         """``{global_index: id}`` for the given indices, reading the id files once (no full id table in memory)."""
@@ -136,12 +162,13 @@ def _id_chunks(path: str) -> Iterator[list[str]]:
 def merge_topk(
     scores_a: np.ndarray, idx_a: np.ndarray, scores_b: np.ndarray, idx_b: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The best ``k`` of two candidate lists per query; ``a`` wins ties (it holds earlier corpus rows)."""
+    """The best ``k`` of two candidate lists per query in search order: score descending, then index
+    descending (how one ``IndexFlatIP`` lists equal scores). Missing hits (index -1) sort last with score
+    ``-inf``, whatever faiss put in their score."""
     scores = np.concatenate([scores_a, scores_b], axis=1)
     idx = np.concatenate([idx_a, idx_b], axis=1)
-    # Missing hits (-1) sort last whatever faiss put in their score.
     keyed = np.where(idx >= 0, scores, -np.inf)
-    order = np.argsort(-keyed, axis=1, kind="stable")[:, :k]
+    order = np.lexsort((-idx, -keyed), axis=-1)[:, :k]
     return np.take_along_axis(keyed, order, axis=1), np.take_along_axis(idx, order, axis=1)
 
 
@@ -153,7 +180,7 @@ class SearchOptions:
     faiss_index: str = "Flat"
     use_gpu: bool = False
     starting_gpu: int = 0
-    block_rows: int = 1 << 18
+    block_rows: int = 1 << 18  # exact search; rounded up to a multiple of faiss's 1024-row tile
     query_batch_size: int = 8192
     nprobe: int = 32
     ef_search: int = 128
@@ -202,25 +229,123 @@ def search_embeddings(
     return _search_approximate(index, queries, k, spec, options)
 
 
+# Each block is searched this much deeper than k, so that a group of equal scores at the k-th place is
+# usually seen whole and needs no rescoring.
+_TIE_MARGIN = 16
+
+
 def _search_exact(index, queries, k, options):
     faiss = _faiss()
     nq = len(queries)
-    best_scores = np.full((nq, k), -np.inf, dtype=np.float32)
-    best_idx = np.full((nq, k), -1, dtype=np.int64)
     gpus = _gpu_list(faiss, options.starting_gpu) if options.use_gpu else None
-    for offset, block in index.iter_blocks(options.block_rows):
+    if gpus is None and nq < faiss.omp_get_max_threads():
+        # With fewer queries than threads faiss splits the block between threads and scores with a kernel
+        # chosen by the block's length; zero queries up to the thread count keep it on its usual paths,
+        # whose scores do not depend on the block (with blocks aligned to its tiles).
+        queries = np.concatenate([queries, np.zeros((faiss.omp_get_max_threads() - nq, queries.shape[1]), np.float32)])
+    tile = max(1, int(faiss.cvar.distance_compute_blas_database_bs))
+    block_rows = -(-max(1, options.block_rows) // tile) * tile
+    best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_idx = np.full((len(queries), k), -1, dtype=np.int64)
+    for offset, block in index.iter_blocks(block_rows):
         kb = min(k, len(block))
+        fetch = min(kb + _TIE_MARGIN, len(block))
         if gpus is None:
-            scores, idx = faiss.knn(queries, block, kb, metric=faiss.METRIC_INNER_PRODUCT)
+            scores, idx = faiss.knn(queries, block, fetch, metric=faiss.METRIC_INNER_PRODUCT)
+            scores, idx = _settle_cut_ties(faiss, queries, block, scores, idx, kb, tile)
         else:
             cpu = faiss.IndexFlatIP(index.dim)
             cpu.add(block)
             gpu_index = _to_gpus(faiss, cpu, gpus)
-            scores, idx = _batched_search(gpu_index, queries, kb, options.query_batch_size)
+            scores, idx = _batched_search(gpu_index, queries, fetch, options.query_batch_size)
             del gpu_index
         idx = np.where(idx >= 0, idx + offset, -1)
+        # The list may run past the block's first kb (up to fetch); what follows them ranks below all of them,
+        # so it can never displace one of them from the merged top k.
         best_scores, best_idx = merge_topk(best_scores, best_idx, scores, idx, k)
-    return best_scores, best_idx
+    return best_scores[:nq], best_idx[:nq]
+
+
+def _settle_cut_ties(faiss, queries, block, scores, idx, kb, tile):
+    """Make each row's first ``kb`` hits in search order exact where faiss may have cut an equal-score group.
+
+    ``scores, idx`` are faiss's ``fetch`` best hits of ``block`` (block-local indices). Every hit scoring
+    above the ``kb``-th score is among them; the group equal to it is whole unless it reaches the list's
+    last place. For such rows the group's members are found from the block's end, tile by tile, with the
+    scores faiss gives those rows in the main search; the rows returned hold every hit above the group and
+    the group's last members, from which :func:`merge_topk` picks the exact first ``kb``.
+    """
+    fetch = scores.shape[1]
+    if fetch == len(block) or kb == 0:
+        return scores, idx
+    cut = np.flatnonzero(scores[:, fetch - 1] == scores[:, kb - 1])
+    if not len(cut):
+        return scores, idx
+    level = scores[cut, kb - 1]
+    above = scores[cut] > level[:, None]
+    wanted = kb - above.sum(axis=1)
+    members: list[list[int]] = [[] for _ in cut]
+    for start in range(((len(block) - 1) // tile) * tile, -1, -tile):
+        open_rows = np.flatnonzero(wanted > np.array([len(m) for m in members]))
+        if not len(open_rows):
+            break
+        chunk = block[start : start + tile]
+        chunk_scores = _same_scores(faiss, queries, cut[open_rows], chunk)
+        # The hits faiss listed in this tile must score the same here, or the rescoring is not the search's.
+        listed = (idx[cut[open_rows]] >= start) & (idx[cut[open_rows]] < start + len(chunk))
+        rows, cols = np.nonzero(listed)
+        if not np.array_equal(chunk_scores[rows, idx[cut[open_rows]][rows, cols] - start], scores[cut[open_rows]][rows, cols]):
+            raise RuntimeError(
+                "faiss scored the same rows differently when rescoring a block; cannot break ties exactly "
+                f"(faiss {getattr(faiss, '__version__', '?')}): please report this"
+            )
+        for j, r in enumerate(open_rows):
+            hits = np.flatnonzero(chunk_scores[j] == level[r])[::-1] + start
+            members[r].extend(hits[: wanted[r] - len(members[r])].tolist())
+    settled_scores, settled_idx = scores.copy(), idx.copy()
+    for r, row in enumerate(cut):
+        keep = np.flatnonzero(above[r])
+        found = np.asarray(members[r], dtype=np.int64)
+        settled_scores[row], settled_idx[row] = -np.inf, -1
+        settled_scores[row, : len(keep)], settled_idx[row, : len(keep)] = scores[row, keep], idx[row, keep]
+        settled_scores[row, len(keep) : len(keep) + len(found)] = level[r]
+        settled_idx[row, len(keep) : len(keep) + len(found)] = found
+    return settled_scores, settled_idx
+
+
+def _same_scores(faiss, queries, rows, chunk):
+    """Scores ``[len(rows), len(chunk)]`` of ``queries[rows]`` against one tile of a block, bit for bit as a
+    ``faiss.knn`` of all ``queries`` against the block computes them.
+
+    faiss scores each pair alone when ``n_queries × dim`` is below its BLAS threshold; above it, a matrix
+    product per tile of queries, whose rounding depends on the tile. So either the rows themselves are
+    rescored, or the whole query tiles that hold them (with neighbouring tiles when one is too small for
+    faiss to take the same path).
+    """
+    nq, dim = queries.shape
+    threshold = int(faiss.cvar.distance_compute_blas_threshold)
+    out = np.empty((len(rows), len(chunk)), dtype=np.float32)
+    if nq * dim < threshold:
+        spans = [(rows, np.arange(len(rows)), None)]
+    else:
+        q_tile = max(1, int(faiss.cvar.distance_compute_blas_query_bs))
+        spans = []
+        for tile_number in np.unique(rows // q_tile):
+            a = int(tile_number) * q_tile
+            b = min(a + q_tile, nq)
+            while (b - a) * dim < threshold and a > 0:
+                a -= q_tile
+            while (b - a) * dim < threshold and b < nq:
+                b = min(b + q_tile, nq)
+            inside = np.flatnonzero(rows // q_tile == tile_number)
+            spans.append((slice(a, b), inside, a))
+    for which, inside, base in spans:
+        block_queries = queries[which]
+        scores, idx = faiss.knn(block_queries, chunk, len(chunk), metric=faiss.METRIC_INNER_PRODUCT)
+        full = np.empty_like(scores)
+        np.put_along_axis(full, idx, scores, axis=1)
+        out[inside] = full if base is None else full[rows[inside] - base]
+    return out
 
 
 def _batched_search(faiss_index, queries, k, batch_size):

@@ -3,8 +3,9 @@
 The GPU alternative to faiss for exact search (no faiss-gpu needed): passages stream in blocks (float16 or
 float32, e.g. mmap'd shards), each block is multiplied with all queries on the device with float32 results,
 and the block's top-k is merged into the running top-k there, so the host sees only ``queries × k`` results.
-Ties are ordered by ascending global row (corpus order), whatever the block boundaries: ``topk`` is asked
-for a few extra candidates when a tie reaches the k-th place, and every merge sorts by (score, row).
+Equal scores are ordered by global row descending, whatever the block boundaries: the total order of
+:func:`openmatch.retriever.search.merge_topk` (how one ``IndexFlatIP`` lists equal scores). ``topk`` is asked for
+the extra candidates when a tie reaches the k-th place, and every merge sorts by (score, row).
 """
 
 from __future__ import annotations
@@ -41,16 +42,17 @@ def _mm_has_out_dtype(device: torch.device) -> bool:
 
 
 def _sorted_by_score_then_row(scores: torch.Tensor, rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each query's best ``k`` of ``(scores, rows)`` ordered by score descending, then row ascending."""
+    """Each query's best ``k`` of ``(scores, rows)`` ordered by score descending, then row descending."""
     # Two stable sorts: by row, then by score; the second keeps the row order among equal scores.
-    order = torch.argsort(rows, dim=1, stable=True)
+    order = torch.argsort(rows, dim=1, descending=True, stable=True)
     scores, rows = scores.gather(1, order), rows.gather(1, order)
     order = torch.argsort(scores, dim=1, descending=True, stable=True)[:, :k]
     return scores.gather(1, order), rows.gather(1, order)
 
 
 def _block_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top ``k`` columns of each row, every column tied with the k-th included (so ties resolve by row later)."""
+    """Top ``k`` columns of each row plus every column tied with the k-th (so ties resolve by row later); the
+    extra slots of rows with fewer ties hold ``-inf`` / column -1."""
     k = min(k, scores.shape[1])
     values, cols = torch.topk(scores, k, dim=1)
     kth = values[:, -1:]
@@ -93,10 +95,8 @@ def exact_topk(
             b = b.float()
         values, cols = _block_topk(_matmul_f32(q, b), k)
         rows = torch.where(cols >= 0, cols + int(offset), -1)
-        merged_scores = torch.cat([best_scores, values], dim=1)
-        merged_rows = torch.cat([best_rows, rows], dim=1)
-        # Empty slots (-1) must lose every tie: give them the largest row.
-        merged_rows = torch.where(merged_rows >= 0, merged_rows, torch.iinfo(torch.int64).max)
-        best_scores, best_rows = _sorted_by_score_then_row(merged_scores, merged_rows, k)
-        best_rows = torch.where(best_rows == torch.iinfo(torch.int64).max, -1, best_rows)
+        # Empty slots (-inf, -1) sort last: below every score, and below every row among equal ones.
+        best_scores, best_rows = _sorted_by_score_then_row(
+            torch.cat([best_scores, values], dim=1), torch.cat([best_rows, rows], dim=1), k
+        )
     return best_scores.cpu().numpy(), best_rows.cpu().numpy()

@@ -1,9 +1,10 @@
 """``DRTrainer``: the Hugging Face ``Trainer`` (transformers 5) taught to train a ``DRModel``.
 
 Only what differs from the stock trainer lives here: the contrastive step (optionally cross-device, optionally
-gradient-cached), checkpoints in ``DRModel``'s format (and resuming from them), and retrieval metrics next
-to the validation loss. Scheduling, mixed precision, gradient accumulation, DDP, logging (TensorBoard) and
-checkpoint rotation are the stock trainer's.
+gradient-cached), the training set's epoch (set by the trainer itself, see ``_run_epoch``), checkpoints in
+``DRModel``'s format (and resuming from them), and retrieval metrics next to the validation loss. Scheduling,
+mixed precision, gradient accumulation, DDP, logging (TensorBoard) and checkpoint rotation are the stock
+trainer's.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import torch
 from transformers import Trainer
 from transformers.training_args import ParallelMode
 
+from ..distributed import gather_with_grad
 from ..errors import InputError, UsageError
-from ..modeling import ContrastiveLoss, DRModel, gather_with_grad
+from ..modeling import ContrastiveLoss, DRModel
+from ..modeling.checkpoint import CONFIG_NAME
 from ..utils import dataclasses_to_dict, write_json_atomic
 from .gradcache import GradCache
 from .retrieval_eval import RetrievalValidation, parse_ks
@@ -111,6 +114,21 @@ class DRTrainer(Trainer):
             self.accelerator.backward(loss * (scale * self._loss_factor))
         return loss.detach() * scale
 
+    def _run_epoch(self, model, epoch, *args, **kwargs):
+        """One pass over the training loader, with ``train_dataset.set_epoch(epoch)`` called first.
+
+        The stock trainer leaves the dataset's epoch to accelerate's ``DataLoaderShard.set_epoch``, which
+        forwards it to the dataset only when the batch sampler is not wrapped: under ``BatchSamplerShard``
+        (every multi-process run) and ``SkipBatchSampler`` (the epoch a run resumes inside) it sets the
+        sampler's epoch and stops there, so the passages of epoch 0 would be drawn again. The shuffle order is
+        not affected: the seedable sampler gets its epoch in all these cases. Setting the epoch here, before
+        the epoch's loader iterator exists, also reaches loader workers, which copy the dataset when the
+        iterator starts them.
+        """
+        if hasattr(self.train_dataset, "set_epoch"):
+            self.train_dataset.set_epoch(epoch)
+        return super()._run_epoch(model, epoch, *args, **kwargs)
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Validation loss only (the retrieval metrics are computed over the whole set in ``evaluation_loop``)."""
         inputs = self._prepare_inputs(inputs)
@@ -152,8 +170,8 @@ class DRTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         """Load the weights of one of our checkpoints (the stock loader expects a single HF weights file)."""
         path = Path(resume_from_checkpoint)
-        if not (path / "openmatch_config.json").exists():
-            raise InputError(f"{path}: not a DRTrainer checkpoint (no openmatch_config.json); cannot resume from it")
+        if not (path / CONFIG_NAME).exists():
+            raise InputError(f"{path}: not a DRTrainer checkpoint (no {CONFIG_NAME}); cannot resume from it")
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
         loaded = DRModel.load(path)
         missing, unexpected = target.load_state_dict(loaded.state_dict(), strict=False)

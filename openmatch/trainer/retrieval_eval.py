@@ -17,10 +17,9 @@ from torch import Tensor
 
 from ..dataset.tokenization import pad_batch
 from ..dataset.train_dataset import TrainDataset
+from ..distributed import dist_context, gather_with_grad
 from ..errors import UsageError
 from ..evaluation.metrics import evaluate
-from ..modeling import gather_with_grad
-from ..utils import dist_context
 
 
 class RetrievalValidation:

@@ -1,0 +1,73 @@
+"""torch.distributed helpers: this process's rank, joining and leaving a launcher's process group, and the
+all-gather that keeps the local slice's gradient (for --negatives_x_device and the in-training evaluation)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def dist_context() -> tuple[int, int]:
+    """(rank, world_size) of the current process; (0, 1) when torch.distributed is not initialised.
+
+    Falls back to the launcher's environment variables so that code running before
+    ``init_process_group`` (e.g. data readers in a DataLoader) still splits work correctly.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def init_distributed() -> None:
+    """Join the process group a launcher (torchrun, torch.distributed.launch) describes, if any.
+
+    NCCL with this process's GPU when there is one, else gloo; nothing when the launch has one process or
+    the group already exists (the Hugging Face Trainer forms its own).
+    """
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        dist.init_process_group(backend="nccl")
+    else:
+        dist.init_process_group(backend="gloo")
+
+
+def teardown_distributed() -> None:
+    """Leave the process group, if one was formed (a clean exit instead of torch's warning at shutdown)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def gather_with_grad(t: Tensor) -> Tensor:
+    """Concatenate ``t`` from every rank along dim 0, rank order; identity when not distributed.
+
+    The other ranks' slices are constants; this rank's slice is ``t`` itself, so gradients flow into
+    the local computation only. Each rank then holds the gradient of the *global* loss with respect to its
+    own inputs; DDP averages over ranks, which is why callers multiply the loss by the world size.
+    Ranks may hold different numbers of rows (a short last batch): slices are padded for the exchange
+    and trimmed after.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    world_size, rank = dist.get_world_size(), dist.get_rank()
+    t = t.contiguous()
+    local_rows = torch.tensor([t.size(0)], device=t.device, dtype=torch.long)
+    all_rows = [torch.zeros_like(local_rows) for _ in range(world_size)]
+    dist.all_gather(all_rows, local_rows)
+    rows = [int(r.item()) for r in all_rows]
+    max_rows = max(rows)
+    if max_rows != t.size(0):
+        padded = t.new_zeros((max_rows, *t.shape[1:]))
+        padded[: t.size(0)] = t.detach()
+        send = padded
+    else:
+        send = t.detach()
+    gathered = [torch.empty_like(send) for _ in range(world_size)]
+    dist.all_gather(gathered, send)
+    gathered = [g[:r] for g, r in zip(gathered, rows)]
+    gathered[rank] = t
+    return torch.cat(gathered, dim=0)

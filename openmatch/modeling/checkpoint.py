@@ -1,0 +1,336 @@
+"""Checkpoint folders: writing ours, reading ours, OpenMatch v2's and plain Hugging Face model folders.
+
+Layout (docs/formats.md#checkpoint-folder): the backbone's Hugging Face files, an optional linear head
+(``linear.safetensors``, OpenMatch's ``linear.pt`` and ``head_config.json``) and ``openmatch_config.json``,
+written last as the completion marker. Untied models keep one tower per side in ``query_model/`` and
+``passage_model/``; OpenMatch puts untied heads in ``query_head/`` and ``passage_head/``, which load too.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.utils import CONFIG_NAME as HF_CONFIG_NAME
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
+
+from ..arguments import ModelArguments
+from ..errors import InputError, MissingInputError, UsageError
+from ..utils import atomic_output, write_json_atomic
+from .config import DECODER_BACKBONES, T5_ENCODER_BACKBONES, DRModelConfig, TrainingSettings
+from .dr_model import DRModel, LinearHead
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "openmatch_config.json"
+HEAD_CONFIG_NAME = "head_config.json"
+HEAD_WEIGHTS_NAME = "linear.safetensors"
+OPENMATCH_HEAD_WEIGHTS_NAME = "linear.pt"
+HEAD_WEIGHT_KEY = "linear.weight"  # OpenMatch's LinearHead wraps nn.Linear as `.linear`
+QUERY_MODEL_DIR = "query_model"
+PASSAGE_MODEL_DIR = "passage_model"
+# Where OpenMatch's saver puts the heads of an untied model (query side first).
+OPENMATCH_HEAD_DIRS = ("query_head", "passage_head")
+WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model")
+
+# (encoder-decoder class, encoder-only class) for config.model_type of the T5 family.
+T5_FAMILY = {
+    "t5": ("T5Model", "T5EncoderModel"),
+    "mt5": ("MT5Model", "MT5EncoderModel"),
+    "umt5": ("UMT5Model", "UMT5EncoderModel"),
+}
+
+
+# ---------------------------------------------------------------------- linear head files
+def save_head(head: LinearHead, folder: str | os.PathLike) -> None:
+    """Write ``linear.safetensors``, ``linear.pt`` and ``head_config.json`` into ``folder``.
+
+    ``linear.pt`` is what OpenMatch's ``LinearHead.load`` reads: a plain ``{"linear.weight": tensor}``
+    state dict (loadable with ``weights_only=True``). Each file is renamed into place once complete.
+    """
+    from safetensors.torch import save as safetensors_bytes
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # A copy: torch.save writes a tensor's whole storage, which for a view could be more than the weight.
+    state = {HEAD_WEIGHT_KEY: head.linear.weight.detach().to("cpu", copy=True).contiguous()}
+    with atomic_output(folder / HEAD_WEIGHTS_NAME, "wb") as handle:
+        handle.write(safetensors_bytes(state))
+    with atomic_output(folder / OPENMATCH_HEAD_WEIGHTS_NAME, "wb") as handle:
+        torch.save(state, handle)
+    write_json_atomic(folder / HEAD_CONFIG_NAME, {"input_dim": head.input_dim, "output_dim": head.output_dim})
+
+
+def load_head(folder: str | os.PathLike) -> LinearHead:
+    """Load ``linear.safetensors`` (ours) or ``linear.pt`` (OpenMatch's, read with weights_only)."""
+    folder = Path(folder)
+    if (folder / HEAD_WEIGHTS_NAME).exists():
+        from safetensors.torch import load_file
+
+        state = load_file(str(folder / HEAD_WEIGHTS_NAME))
+    elif (folder / OPENMATCH_HEAD_WEIGHTS_NAME).exists():
+        state = torch.load(folder / OPENMATCH_HEAD_WEIGHTS_NAME, map_location="cpu", weights_only=True)
+    else:
+        raise MissingInputError(
+            f"{folder}: checkpoint has a linear head but neither {HEAD_WEIGHTS_NAME} nor "
+            f"{OPENMATCH_HEAD_WEIGHTS_NAME} is there"
+        )
+    weight = state.get(HEAD_WEIGHT_KEY, state.get("weight"))
+    if weight is None or weight.dim() != 2:
+        raise InputError(f"{folder}: head weights have no 2-D '{HEAD_WEIGHT_KEY}' tensor (keys: {sorted(state)})")
+    output_dim, input_dim = weight.shape
+    if (folder / HEAD_CONFIG_NAME).exists():
+        head_cfg = json.loads((folder / HEAD_CONFIG_NAME).read_text())
+        if (head_cfg.get("input_dim"), head_cfg.get("output_dim")) != (input_dim, output_dim):
+            raise InputError(
+                f"{folder / HEAD_CONFIG_NAME}: says {head_cfg.get('input_dim')}->{head_cfg.get('output_dim')} "
+                f"but the weights are {input_dim}->{output_dim}"
+            )
+    head = LinearHead(input_dim, output_dim)
+    with torch.no_grad():
+        head.linear.weight.copy_(weight.float())
+    return head
+
+
+def _has_head(folder: Path) -> bool:
+    return (folder / HEAD_WEIGHTS_NAME).exists() or (folder / OPENMATCH_HEAD_WEIGHTS_NAME).exists()
+
+
+# ---------------------------------------------------------------------- writing
+def save_model(model: DRModel, output_dir: str | os.PathLike, tokenizer=None) -> None:
+    """Write a checkpoint of ``model`` that :func:`build_model` (and, when tied, OpenMatch) can load.
+
+    Tied: the backbone's ``save_pretrained`` files at the root; untied: ``query_model/`` and
+    ``passage_model/``. Heads as ``linear.safetensors``, OpenMatch's ``linear.pt`` and ``head_config.json``
+    (inside each tower folder when untied). ``openmatch_config.json`` is written last and marks the
+    checkpoint complete: a new folder is written as a temporary sibling and renamed at the end; in an
+    existing folder the old marker is removed first, so an interrupted save never looks complete.
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists():
+        # Other processes (e.g. Trainer ranks writing RNG states) may be using the folder: write in place.
+        (output_dir / CONFIG_NAME).unlink(missing_ok=True)
+        _write(model, output_dir, tokenizer)
+        return
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
+    try:
+        _write(model, tmp, tokenizer)
+        os.replace(tmp, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write(model: DRModel, folder: Path, tokenizer) -> None:
+    if model.config.tied:
+        towers = [(folder, model.lm_q, model.head_q)]
+    else:
+        towers = [
+            (folder / QUERY_MODEL_DIR, model.lm_q, model.head_q),
+            (folder / PASSAGE_MODEL_DIR, model.lm_p, model.head_p),
+        ]
+    for tower, lm, head in towers:
+        lm.save_pretrained(tower)
+        if head is not None:
+            save_head(head, tower)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    write_json_atomic(folder / CONFIG_NAME, model.config.to_openmatch_json())
+
+
+# ---------------------------------------------------------------------- reading
+def build_model(model_args: ModelArguments, model_class: type[DRModel] = DRModel) -> DRModel:
+    """Build from ``--model_name_or_path``: our/OpenMatch's checkpoint folder (its stored architecture wins
+    over flags, with a warning naming each conflicting flag; its loss temperature is kept unless
+    ``--temperature`` is given) or a plain Hugging Face model (flags decide; temperature 1 by default)."""
+    path = Path(model_args.model_name_or_path)
+    if (path / CONFIG_NAME).exists():
+        return _build_from_checkpoint(model_class, path, model_args)
+    return _build_from_hf(model_class, str(model_args.model_name_or_path), model_args)
+
+
+def _check_backbone_folder(folder: Path) -> None:
+    if not folder.is_dir():
+        raise MissingInputError(f"{folder}: checkpoint folder not found")
+    if not (folder / HF_CONFIG_NAME).exists():
+        raise MissingInputError(f"{folder}: checkpoint is missing {HF_CONFIG_NAME}")
+    if not any((folder / name).exists() for name in WEIGHT_FILES):
+        raise MissingInputError(
+            f"{folder}: checkpoint is missing its weights file (one of {', '.join(WEIGHT_FILES)})"
+        )
+
+
+def _backbone_class(name: str):
+    import transformers
+
+    cls = getattr(transformers, name, None)
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        raise InputError(f"unknown backbone type {name!r} in {CONFIG_NAME} (not a transformers model class)")
+    return cls
+
+
+def _load_backbone(class_name: str, folder: str, model_args: ModelArguments, config=None) -> nn.Module:
+    kwargs: dict[str, Any] = {"dtype": torch.float32}  # fp32 master weights; mixed precision is autocast's job
+    if model_args.cache_dir:
+        kwargs["cache_dir"] = model_args.cache_dir
+    if config is not None:
+        kwargs["config"] = config
+    model, info = _backbone_class(class_name).from_pretrained(folder, output_loading_info=True, **kwargs)
+    # Hugging Face would initialise missing weights randomly and only log it: for a retriever that silently
+    # ruins every score, so it is an error. The BERT-style pooler is exempt (never used, see DRModel).
+    missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("pooler."))
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise InputError(
+            f"{folder}: checkpoint has no weights for {len(missing)} parameter(s) of {type(model).__name__} "
+            f"({shown}); is it really a {type(model).__name__} checkpoint?"
+        )
+    return model
+
+
+def _build_from_hf(model_class: type[DRModel], path: str, model_args: ModelArguments) -> DRModel:
+    from transformers import AutoConfig
+
+    if os.path.isdir(path):
+        _check_backbone_folder(Path(path))
+    config_kwargs = {"cache_dir": model_args.cache_dir} if model_args.cache_dir else {}
+    hf_config = AutoConfig.from_pretrained(model_args.config_name or path, **config_kwargs)
+    model_type = getattr(hf_config, "model_type", "")
+    if model_type in T5_FAMILY:
+        class_name = T5_FAMILY[model_type][1 if model_args.encoder_only else 0]
+    elif getattr(hf_config, "is_encoder_decoder", False):
+        raise InputError(
+            f"{path}: encoder-decoder model type {model_type!r} is not supported (T5-family or encoder models only)"
+        )
+    else:
+        class_name = "AutoModel"
+    if model_args.feature not in ("last_hidden_state", "pooler_output"):
+        raise UsageError(f"--feature must be last_hidden_state or pooler_output, got {model_args.feature!r}")
+    lm_q = _load_backbone(class_name, path, model_args, config=hf_config)
+    if class_name == "AutoModel":
+        class_name = type(lm_q).__name__
+    config = DRModelConfig(
+        tied=not model_args.untie_encoder,
+        plm_backbone_type=class_name,
+        feature=model_args.feature,
+        pooling=model_args.pooling,
+        linear_head=model_args.add_linear_head,
+        projection_in_dim=model_args.projection_in_dim if model_args.add_linear_head else None,
+        projection_out_dim=model_args.projection_out_dim if model_args.add_linear_head else None,
+        normalize=model_args.normalize,
+        training=TrainingSettings(temperature=1.0 if model_args.temperature is None else model_args.temperature),
+    )
+    head_q = None
+    if model_args.add_linear_head:
+        hidden = getattr(lm_q.config, "d_model", None) or lm_q.config.hidden_size
+        if model_args.projection_in_dim != hidden:
+            raise UsageError(
+                f"--projection_in_dim {model_args.projection_in_dim} does not match the hidden size {hidden} of {path}"
+            )
+        head_q = LinearHead(model_args.projection_in_dim, model_args.projection_out_dim)
+    lm_p = head_p = None
+    if not config.tied:
+        lm_p = copy.deepcopy(lm_q)
+        head_p = copy.deepcopy(head_q)
+    return model_class(config, lm_q, lm_p, head_q, head_p)
+
+
+def read_config(path: str | os.PathLike) -> DRModelConfig:
+    """The ``DRModelConfig`` (training settings included) stored in checkpoint folder ``path``."""
+    config_path = Path(path) / CONFIG_NAME
+    try:
+        raw = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"{config_path}:{err.lineno}: invalid JSON ({err.msg})") from None
+    return DRModelConfig.from_openmatch_json(raw, source=str(config_path))
+
+
+def _build_from_checkpoint(model_class: type[DRModel], path: Path, model_args: ModelArguments) -> DRModel:
+    config = read_config(path)
+    if model_args.temperature is not None:
+        # A training setting, not the encoder: a flag given on purpose wins; otherwise the checkpoint's value
+        # is kept, so resuming training from it optimises the same loss it was trained with.
+        config.training.temperature = model_args.temperature
+    _warn_conflicts(path, config, model_args)
+    if config.feature not in ("last_hidden_state", "pooler_output"):
+        raise InputError(f"{path / CONFIG_NAME}: unsupported feature {config.feature!r}")
+    towers = [path] if config.tied else [path / QUERY_MODEL_DIR, path / PASSAGE_MODEL_DIR]
+    lms, heads = [], []
+    for tower, openmatch_head_dir in zip(towers, OPENMATCH_HEAD_DIRS):
+        _check_backbone_folder(tower)
+        lms.append(_load_backbone(config.plm_backbone_type, str(tower), model_args))
+        if config.linear_head:
+            head_dir = tower
+            if not config.tied and not _has_head(tower) and _has_head(path / openmatch_head_dir):
+                head_dir = path / openmatch_head_dir
+            heads.append(load_head(head_dir))
+        else:
+            heads.append(None)
+    if config.linear_head:
+        config.projection_in_dim, config.projection_out_dim = heads[0].input_dim, heads[0].output_dim
+    if config.tied:
+        return model_class(config, lms[0], None, heads[0], None)
+    return model_class(config, lms[0], lms[1], heads[0], heads[1])
+
+
+def _warn_conflicts(path: Path, config: DRModelConfig, model_args: ModelArguments) -> None:
+    """One warning naming every flag (set away from its default) that the checkpoint overrides.
+
+    Flags left at their defaults cannot be told apart from flags not given, so they are not reported.
+    """
+    defaults = {f.name: f.default for f in fields(ModelArguments)}
+    checks = [
+        ("untie_encoder", not config.tied),
+        ("pooling", config.pooling),
+        ("add_linear_head", config.linear_head),
+        ("normalize", config.normalize),
+        ("feature", config.feature),
+    ]
+    if config.plm_backbone_type in DECODER_BACKBONES + T5_ENCODER_BACKBONES:
+        checks.append(("encoder_only", config.plm_backbone_type in T5_ENCODER_BACKBONES))
+    conflicts = []
+    for name, stored in checks:
+        flag = getattr(model_args, name)
+        if flag != defaults[name] and flag != stored:
+            conflicts.append(f"--{name} {flag} (checkpoint: {stored})")
+    if conflicts:
+        logger.warning(
+            "%s is a checkpoint whose %s decides the architecture; ignoring %s",
+            path, CONFIG_NAME, "; ".join(conflicts),
+        )
+
+
+def load_model_and_tokenizer(model_args: ModelArguments):
+    """The ``(DRModel, tokenizer)`` pair every driver uses; the tokenizer comes from ``--tokenizer_name``
+    or the model folder (for untied checkpoints without a root tokenizer, from ``query_model/``)."""
+    from transformers import AutoTokenizer
+
+    model = build_model(model_args)
+    source = model_args.tokenizer_name or model_args.model_name_or_path
+    kwargs = {"cache_dir": model_args.cache_dir} if model_args.cache_dir else {}
+    if not model_args.tokenizer_name and not model.config.tied and not _has_tokenizer(Path(source)):
+        source = str(Path(source) / QUERY_MODEL_DIR)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as err:
+        raise InputError(f"{source}: cannot load a tokenizer ({err}); pass --tokenizer_name") from None
+    if tokenizer.pad_token_id is None:
+        raise InputError(
+            f"{source}: tokenizer has no pad token; batches cannot be padded (set one in its tokenizer_config.json)"
+        )
+    return model, tokenizer
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return folder.is_dir() and any((folder / name).exists() for name in TOKENIZER_FILES)

@@ -1,0 +1,129 @@
+"""build_index's shard writer: rows land in corpus order in one preallocated shard, memory about one shard."""
+
+from __future__ import annotations
+
+import json
+import random
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from openmatch import api
+from openmatch.retriever import index as index_mod
+from openmatch.retriever.index import BuildOptions, verify_shard
+from tiny_models import synthetic_words
+
+N_DOCS, SHARD, DIM = 2000, 1200, 8192
+
+
+class TokenEcho(torch.nn.Module):
+    """A stand-in encoder whose embedding of a passage is a function of its own tokens only.
+
+    The first 8 columns are its first 8 token ids, the rest its length, so each row names its passage and
+    padding changes nothing; no weights to run, so the test measures the writer, not a model.
+    """
+
+    config = None
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # a state_dict for the index's model fingerprint
+        self.embedding_dim = dim
+
+    def encode_passage(self, inputs: dict) -> torch.Tensor:
+        ids = (inputs["input_ids"] * inputs["attention_mask"]).float()
+        head = torch.zeros(len(ids), 8)
+        head[:, : min(8, ids.shape[1])] = ids[:, :8]
+        length = inputs["attention_mask"].sum(1, keepdim=True).float()
+        return torch.cat([head, length.expand(-1, self.embedding_dim - 8)], dim=1)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Passages of 2 to 20 words, each opening with its own pair, so length sorting reorders every window."""
+    rng = random.Random(3)
+    words = synthetic_words()
+    texts = [" ".join([words[i % 1000], words[i // 1000]] + rng.choices(words, k=rng.randint(0, 18))) for i in range(N_DOCS)]
+    path = tmp_path_factory.mktemp("corpus") / "corpus.tsv"
+    path.write_text("".join(f"d{i:04d}\t{text}\n" for i, text in enumerate(texts)), encoding="utf-8")
+    return path, texts
+
+
+def build(tok, corpus_path, out, dtype, **kw):
+    options = dict(max_len=32, batch_size=8, window_batches=2, template="<text>", column_names="id,text",
+                   max_inmem_docs=SHARD, dtype=dtype, progress=False)
+    options.update(kw)
+    return api.build_index(TokenEcho(DIM), tok, corpus_path, out, **options)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_build_index_holds_one_shard(tiny_bert, corpus, tmp_path, monkeypatch, dtype):
+    corpus_path, texts = corpus
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    build(tok, corpus_path, tmp_path / "warm", dtype, max_inmem_docs=10)  # imports and caches outside the count
+    shard_bytes = SHARD * DIM * np.dtype(dtype).itemsize
+    start = []
+    real_count = index_mod.count_lines
+
+    def count_then_start(path):
+        # The line count reads 16 MiB blocks, a constant beside the shard: the measurement starts after it.
+        lines = real_count(path)
+        tracemalloc.reset_peak()
+        start.append(tracemalloc.get_traced_memory()[0])
+        return lines
+
+    monkeypatch.setattr(index_mod, "count_lines", count_then_start)
+    tracemalloc.start()  # numpy reports its arrays to tracemalloc; torch's tensors are not counted
+    try:
+        manifest = build(tok, corpus_path, tmp_path / "idx", dtype)
+        growth = tracemalloc.get_traced_memory()[1] - start[-1]
+    finally:
+        tracemalloc.stop()
+    # One shard, the next one's early rows, the batches in flight and a few buffers: about one shard.
+    # (Keeping the batch list, concatenating it and reordering the result held three.)
+    assert growth <= 1.2 * shard_bytes, f"peak growth {growth / shard_bytes:.2f} × the shard"
+
+    # Rows are in corpus order, in the shard's dtype, exactly what the encoder gives each passage alone.
+    enc = tok(texts, truncation=True, max_length=32, padding=True, return_tensors="pt")
+    expected = TokenEcho(DIM).encode_passage(enc).numpy().astype(dtype)
+    shards = manifest["shards"]
+    assert [(s["count"], s["first_position"]) for s in shards] == [(SHARD, 0), (N_DOCS - SHARD, SHARD)]
+    rows, ids = [], []
+    for meta in shards:
+        assert verify_shard(str(tmp_path / "idx"), meta)
+        array = np.load(tmp_path / "idx" / meta["embeddings"])
+        assert array.dtype == np.dtype(dtype) and array.shape == (meta["count"], DIM)
+        rows.append(array)
+        ids += (tmp_path / "idx" / meta["ids"]).read_text().split("\n")[:-1]
+    assert ids == [f"d{i:04d}" for i in range(N_DOCS)]
+    np.testing.assert_array_equal(np.concatenate(rows), expected)
+
+
+def test_shard_writer_order_early_rows_and_resume(tmp_path, monkeypatch):
+    """Batches out of order across shards (a later shard's rows first, a finished shard skipped)."""
+    options = BuildOptions(corpus_path="", output_dir=str(tmp_path), dtype="float32")
+    written = []
+    real = index_mod.write_shard
+    monkeypatch.setattr(index_mod, "write_shard", lambda *a, **k: written.append(a[2]) or real(*a, **k))
+    writer = index_mod._ShardWriter(options, 0, 4, 11, done={1: {"count": 4}})  # positions 4..7 already built
+    positions = np.array([9, 2, 0, 8, 10, 3, 1])  # shard 2 (8..10) comes partly first; shard 0 completes
+    embeddings = np.repeat(positions[:, None].astype(np.float32), 3, axis=1)
+    writer.add(positions[:2], [f"p{j}" for j in positions[:2]], embeddings[:2])
+    assert written == [] and writer.current.shard == 0
+    writer.add(positions[2:], [f"p{j}" for j in positions[2:]], embeddings[2:])
+    assert written == [0]  # shard 0 complete; shard 2 (short) only at the end
+    writer.finish()
+    assert written == [0, 2]
+    for shard, wanted in [(0, [0, 1, 2, 3]), (2, [8, 9, 10])]:
+        meta = json.loads((tmp_path / f"shard.rank0.shard{shard}.json").read_text())
+        assert meta["count"] == len(wanted) and meta["first_position"] == wanted[0]
+        np.testing.assert_array_equal(np.load(tmp_path / meta["embeddings"])[:, 0], wanted)
+        assert (tmp_path / meta["ids"]).read_text().split() == [f"p{j}" for j in wanted]
+    # A position seen twice is an error, not a silently overwritten row.
+    writer = index_mod._ShardWriter(options, 0, 4, 11, done={})
+    writer.add(np.array([1]), ["p1"], embeddings[:1])
+    with pytest.raises(RuntimeError, match="encoded twice"):
+        writer.add(np.array([1]), ["p1"], embeddings[:1])
