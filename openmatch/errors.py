@@ -13,6 +13,7 @@ traceback. Each class also keeps the builtin base its callers caught before, so 
     ├── OutputExistsError (FileExistsError)  the output folder holds a previous run
     ├── IndexFolderError (FileExistsError)   an embedding folder not to write or read (openmatch.retriever.index)
     ├── ResourceError (RuntimeError)         this machine lacks what was asked for (GPUs, faiss with GPU support)
+    ├── DependencyError (ImportError)        a package the command needs is missing or installed twice (faiss)
     └── PreprocessingError (RuntimeError)    build_train / build_hn cannot go on (openmatch.preprocessing)
 
 ``DataFormatError``, ``IndexFolderError`` and ``PreprocessingError`` live beside the code that raises them and
@@ -28,6 +29,7 @@ __all__ = [
     "MissingInputError",
     "OutputExistsError",
     "ResourceError",
+    "DependencyError",
     "DataFormatError",
     "IndexFolderError",
     "PreprocessingError",
@@ -57,6 +59,11 @@ class OutputExistsError(OpenMatchError, FileExistsError):
 
 class ResourceError(OpenMatchError, RuntimeError):
     """This machine lacks what the command asks for (GPUs, a faiss build with GPU support)."""
+
+
+class DependencyError(OpenMatchError, ImportError):
+    """A package the command needs is not installed, or is installed in a way that cannot work (two faiss
+    builds over each other); the message says what to install or remove."""
 
 
 class OpenMatchWarning(UserWarning):

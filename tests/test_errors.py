@@ -43,6 +43,7 @@ def test_every_user_error_is_an_openmatch_error_and_keeps_its_builtin_base():
         e.OutputExistsError: FileExistsError,
         IndexFolderError: FileExistsError,
         e.ResourceError: RuntimeError,
+        e.DependencyError: ImportError,
         PreprocessingError: RuntimeError,
     }
     for cls, builtin in expected.items():
@@ -60,6 +61,7 @@ USER_ERRORS = [
     ("OutputExistsError", "openmatch.errors", ("out holds a training run",), "out holds a training run"),
     ("IndexFolderError", "openmatch.retriever.index", ("emb already holds an index",), "emb already holds an index"),
     ("ResourceError", "openmatch.errors", ("--use_gpu needs faiss-gpu",), "--use_gpu needs faiss-gpu"),
+    ("DependencyError", "openmatch.errors", ("searching needs faiss: pip install faiss-cpu",), "searching needs faiss: pip install faiss-cpu"),
     ("PreprocessingError", "openmatch.preprocessing", ("no example\nsee above",), "no example see above"),
     ("FileNotFoundError", "builtins", (2, "No such file or directory", "q.tsv"), "q.tsv: No such file or directory"),
     ("IsADirectoryError", "builtins", (21, "Is a directory", "runs"), "runs: Is a directory"),

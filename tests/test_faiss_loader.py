@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from openmatch.errors import OpenMatchError
 from openmatch.retriever import faiss_loader
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,6 +42,7 @@ def test_two_builds_are_refused_with_the_fix(monkeypatch):
     fake_installed(monkeypatch, {"faiss-cpu", "faiss-gpu"})
     with pytest.raises(ImportError) as info:
         faiss_loader.import_faiss()
+    assert isinstance(info.value, OpenMatchError)  # the commands print it as one error: line
     message = str(info.value)
     assert "\n" not in message
     assert "faiss-cpu, faiss-gpu" in message
@@ -57,8 +59,9 @@ def test_missing_faiss_names_the_extras(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_faiss)
-    with pytest.raises(ImportError, match=re.escape('pip install -e ".[cpu]"')):
+    with pytest.raises(ImportError, match=re.escape('pip install -e ".[cpu]"')) as info:
         faiss_loader.import_faiss()
+    assert isinstance(info.value, OpenMatchError)
 
 
 def test_setup_declares_faiss_only_in_the_extras():

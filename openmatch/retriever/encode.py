@@ -12,7 +12,7 @@ from typing import Any, Iterable, Iterator, Optional
 import numpy as np
 import torch
 
-from ..errors import UsageError
+from ..errors import OpenMatchWarning, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,9 @@ class Precision:
             device = torch.device("cuda", torch.cuda.current_device())
         self.device = device
         if fp16 and device.type != "cuda":
-            warnings.warn(f"fp16 needs a GPU; encoding in float32 on {device} (bf16 runs on the CPU)", stacklevel=2)
+            warnings.warn(
+                f"fp16 needs a GPU; encoding in float32 on {device} (bf16 runs on the CPU)", OpenMatchWarning, stacklevel=2
+            )
         self.fp16 = fp16 and device.type == "cuda"
         self.bf16 = bf16
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 from importlib import metadata
 
+from ..errors import DependencyError
+
 FAISS_DISTRIBUTIONS = ("faiss-cpu", "faiss-gpu", "faiss-gpu-cu12", "faiss-gpu-cu11", "faiss-cuda")
 
 
@@ -28,12 +30,12 @@ def installed_faiss_distributions() -> list[str]:
 
 @functools.lru_cache(maxsize=None)
 def import_faiss():
-    """The ``faiss`` module; ``ImportError`` with the install command when it is missing, or when two builds
-    (CPU and GPU) are installed over each other."""
+    """The ``faiss`` module; :class:`~openmatch.errors.DependencyError` (an ``ImportError``) with the install
+    command when it is missing, or when two builds (CPU and GPU) are installed over each other."""
     installed = installed_faiss_distributions()
     if len(installed) > 1:
         gpu = [name for name in installed if name != "faiss-cpu"]
-        raise ImportError(
+        raise DependencyError(
             f"several faiss builds are installed over each other ({', '.join(installed)}); they share the module "
             f"'faiss', so which one runs is an accident. Keep one: pip uninstall -y {' '.join(installed)} && "
             f"pip install {gpu[0] if gpu else 'faiss-cpu'}"
@@ -41,7 +43,7 @@ def import_faiss():
     try:
         import faiss
     except ImportError as err:
-        raise ImportError(
+        raise DependencyError(
             "searching needs faiss: pip install -e \".[cpu]\" (faiss-cpu) or, on a CUDA machine, "
             "pip install -e \".[gpu]\" (faiss-gpu)"
         ) from err

@@ -37,7 +37,7 @@ import torch
 
 from ..dataset.inference_dataset import InferenceDataset, RecordParser, iter_raw_data_lines, make_loader
 from ..dataset.readers import DataFormatError, count_lines
-from ..errors import MissingInputError, OpenMatchError, UsageError
+from ..errors import InputError, MissingInputError, OpenMatchError, UsageError
 from ..utils import atomic_output, write_json_atomic
 from .encode import Precision, encode_batches, model_fingerprint
 
@@ -446,7 +446,7 @@ class _ShardArray:
     def put(self, positions: np.ndarray, ids: list, embeddings: np.ndarray) -> None:
         places = positions - self.first
         if places.min() < 0 or places.max() >= len(self.filled):
-            raise RuntimeError(
+            raise InputError(
                 f"shard {self.shard}: corpus position {int(positions.max())} is beyond the {len(self.filled)} rows "
                 "counted for it; did the corpus file change while encoding?"
             )
@@ -511,7 +511,7 @@ class _ShardWriter:
             first = self.next * self.shard_size
             rows = min(self.shard_size, self.max_rows - first)
             if rows <= 0:
-                raise RuntimeError(
+                raise InputError(
                     f"rank {self.rank}: shard {self.next} starts beyond the {self.max_rows} rows the corpus's line "
                     "count allows; did the corpus file change while encoding?"
                 )

@@ -37,7 +37,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from ..errors import InputError, ResourceError, UsageError
+from ..errors import DependencyError, InputError, ResourceError, UsageError
 from .index import IndexFolderError, load_manifest
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def _faiss():
     try:
         import faiss
     except ImportError as err:  # pragma: no cover - faiss-cpu is a dependency
-        raise ImportError("searching needs faiss: pip install faiss-cpu (or faiss-gpu)") from err
+        raise DependencyError("searching needs faiss: pip install faiss-cpu (or faiss-gpu)") from err
     return faiss
 
 
