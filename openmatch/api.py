@@ -20,6 +20,7 @@ import numpy as np
 
 from .arguments import ModelArguments
 from .dataset.inference_dataset import InferenceDataset, make_loader
+from .dataset.records import check_unique, no_records
 from .dataset.tokenization import pad_batch
 from .retriever.encode import Precision, encode_batches, pick_device
 from .retriever.index import BuildOptions
@@ -98,8 +99,6 @@ def encode_file(
 
     A repeated id is an error naming its two lines.
     """
-    from .retriever.index import find_duplicate
-
     dataset = InferenceDataset(
         path, tokenizer, max_len=max_len, batch_size=batch_size, template=template, column_names=column_names,
         kind=side, rank=0, world_size=1,
@@ -113,17 +112,10 @@ def encode_file(
             ids.extend(batch["ids"])
             parts.append(reps)
     if not ids:
-        from .dataset.readers import DataFormatError
-
-        raise DataFormatError(path, None, "no records: the file is empty")
+        raise no_records(path)
     order = np.argsort(np.concatenate(positions), kind="stable")
     ids = [ids[i] for i in order]
-    if len(set(ids)) != len(ids):
-        seen = set()
-        for rid in ids:
-            if rid in seen:
-                raise find_duplicate(os.fspath(path), column_names, rid)
-            seen.add(rid)
+    check_unique(ids, path, column_names)
     return ids, np.concatenate(parts)[order]
 
 

@@ -8,7 +8,7 @@ traceback. Each class also keeps the builtin base its callers caught before, so 
     OpenMatchError
     ├── UsageError (ValueError)              a flag or argument value that cannot work
     ├── InputError (ValueError)              a model, checkpoint, data or run file that cannot be used as asked
-    │   └── DataFormatError                  a malformed file, "path:line: what" (openmatch.dataset.readers)
+    │   └── DataFormatError                  a malformed file, "path:line: what" (openmatch.dataset.records)
     ├── MissingInputError (FileNotFoundError) a file or folder the command was told to read is not there
     ├── OutputExistsError (FileExistsError)  the output folder holds a previous run
     ├── IndexFolderError (FileExistsError)   an embedding folder not to write or read (openmatch.retriever.index)
@@ -73,7 +73,7 @@ class OpenMatchWarning(UserWarning):
 # These three are defined next to the code that raises them (they import this module, so importing them here
 # eagerly would be circular).
 _ELSEWHERE = {
-    "DataFormatError": "openmatch.dataset.readers",
+    "DataFormatError": "openmatch.dataset.records",
     "IndexFolderError": "openmatch.retriever.index",
     "PreprocessingError": "openmatch.preprocessing",
 }

@@ -111,7 +111,7 @@ def test_id_key_detection_order(tmp_path):
     path = write(tmp_path / "c.jsonl", '{"text_id": 12, "text": "a"}\n{"text_id": 13, "text": "b"}\n')
     assert [rid for _, rid, _ in iter_id_records(path)] == ["12", "13"]  # integer ids become strings
     path = write(tmp_path / "e.jsonl", '{"_id": "1"}\n{"_id": ""}\n')
-    with pytest.raises(DataFormatError, match=r"e\.jsonl:2: empty '_id'"):
+    with pytest.raises(DataFormatError, match=r"e\.jsonl:2: empty id$"):
         list(iter_id_records(path))
 
 

@@ -6,9 +6,10 @@ rank, :class:`~openmatch.dataset.streaming.ShardedStream` deals the rank's lines
 so every record is encoded by exactly one (rank, worker). The split of the corpus between ranks does not
 depend on the number of loader workers, so an interrupted run can be resumed with another worker count.
 
-A worker only decodes and parses the lines it owns. It collects a window of ``window_batches × batch_size``
-records, tokenises them in one call of the fast tokenizer (truncation to ``max_len``, special tokens
-included), sorts the window by length and cuts it into batches padded to their own longest sequence
+A worker only decodes and parses the lines it owns (with :class:`~openmatch.dataset.records.RecordParser`,
+the parser of every reader). It collects a window of ``window_batches × batch_size`` records, tokenises
+them in one call of the fast tokenizer (truncation to ``max_len``, special tokens included), sorts the
+window by length and cuts it into batches padded to their own longest sequence
 (:func:`~openmatch.dataset.tokenization.pad_batch`). Padding is masked, so this changes no embedding
 while skipping most of the work spent on padding when texts vary in length.
 
@@ -19,7 +20,6 @@ warning for passages because a title, if any, is then ignored.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Callable, Iterator, Optional, Sequence
@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from ..distributed import dist_context
 from ..errors import InputError, MissingInputError, UsageError
-from .readers import DataFormatError, find_id_key, is_jsonl, open_binary, parse_column_names, record_id
+from .records import RecordParser, iter_raw_data_lines, parse_column_names
 from .streaming import ShardedStream
 from .template import Template
 from .tokenization import pad_batch
@@ -49,66 +49,6 @@ def resolve_template(template: Optional[str], kind: str = "passage") -> Template
             "pass e.g. --doc_template 'Title: <title> Text: <text>' to include it"
         )
     return Template(DEFAULT_TEMPLATE)
-
-
-class RecordParser:
-    """Turns one raw line of a TSV or JSONL file into ``(id, record)``, reporting errors as ``path:line``."""
-
-    def __init__(self, path: str, column_names: Optional[Sequence[str]] = None):
-        self.path = os.fspath(path)
-        self.jsonl = is_jsonl(self.path)
-        self.names = parse_column_names(column_names) if not self.jsonl else None
-        self.id_key: Optional[str] = None
-
-    @property
-    def needs_header(self) -> bool:
-        return not self.jsonl and self.names is None
-
-    def set_header(self, raw: bytes, line_no: int) -> None:
-        self.names = parse_column_names(self.decode(raw, line_no).split("\t"))
-
-    def decode(self, raw: bytes, line_no: int) -> str:
-        try:
-            return raw.decode("utf-8").rstrip("\r\n")
-        except UnicodeDecodeError as err:
-            raise DataFormatError(self.path, line_no, f"invalid UTF-8 at byte {err.start}") from None
-
-    def parse(self, raw: bytes, line_no: int) -> tuple[str, dict]:
-        line = self.decode(raw, line_no)
-        if self.jsonl:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataFormatError(self.path, line_no, f"invalid JSON: {err.msg}") from None
-            if not isinstance(record, dict):
-                raise DataFormatError(self.path, line_no, "expected a JSON object")
-        else:
-            fields = line.split("\t")
-            if len(fields) != len(self.names):
-                raise DataFormatError(
-                    self.path,
-                    line_no,
-                    f"expected {len(self.names)} tab-separated columns ({','.join(self.names)}), found {len(fields)}",
-                )
-            record = dict(zip(self.names, fields))
-        if self.id_key is None:
-            self.id_key = find_id_key(record, self.path, line_no)
-        rid = record_id(record, self.id_key, self.path, line_no)
-        if any(ch.isspace() for ch in rid):
-            raise DataFormatError(self.path, line_no, f"id {rid!r} contains white space, which a TREC run cannot hold")
-        return rid, record
-
-
-def iter_raw_data_lines(path: str, parser: RecordParser) -> Iterator[tuple[int, bytes]]:
-    """``(line_number, raw_line)`` of every non-empty data line (after the TSV header, if the file has one)."""
-    with open_binary(path) as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            if parser.needs_header:
-                parser.set_header(raw, line_no)
-                continue
-            yield line_no, raw
 
 
 class InferenceDataset(IterableDataset):

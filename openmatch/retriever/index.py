@@ -35,8 +35,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..dataset.inference_dataset import InferenceDataset, RecordParser, iter_raw_data_lines, make_loader
-from ..dataset.readers import DataFormatError, count_lines
+from ..dataset.inference_dataset import InferenceDataset, make_loader
+from ..dataset.records import DataFormatError, check_not_empty, count_lines, find_duplicate
 from ..errors import InputError, MissingInputError, OpenMatchError, UsageError
 from ..utils import atomic_output, write_json_atomic
 from .encode import Precision, encode_batches, model_fingerprint
@@ -250,25 +250,6 @@ def write_shard(output_dir: str, rank: int, shard: int, positions, ids, embeddin
     }
     write_json_atomic(os.path.join(output_dir, names["meta"]), meta)
     return meta
-
-
-def check_not_empty(path: str, column_names=None) -> None:
-    parser = RecordParser(path, column_names)
-    for _ in iter_raw_data_lines(path, parser):
-        return
-    raise DataFormatError(path, None, "no records: the corpus is empty")
-
-
-def find_duplicate(path: str, column_names, rid: str) -> DataFormatError:
-    """The error for a repeated id, naming the lines of its first two occurrences (an error path only)."""
-    parser = RecordParser(path, column_names)
-    first = None
-    for line_no, raw in iter_raw_data_lines(path, parser):
-        if parser.parse(raw, line_no)[0] == rid:
-            if first is not None:
-                return DataFormatError(path, line_no, f"id {rid!r} repeated (first seen on line {first})")
-            first = line_no
-    return DataFormatError(path, None, f"id {rid!r} repeated")
 
 
 def _raise_unless_all_ok(error: BaseException | None, other_rank_failed: str) -> None:
