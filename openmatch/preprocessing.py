@@ -52,7 +52,8 @@ from typing import Callable, Iterable, Iterator, Optional
 from tqdm import tqdm
 
 from .dataset.qrels import iter_run, load_qrels, relevant_ids
-from .dataset.readers import DataFormatError, iter_id_records, iter_lines
+from .dataset.readers import load_id_records
+from .dataset.records import DataFormatError, check_id, check_ids, iter_lines, split_tsv
 from .dataset.template import Template
 from .cli import add_log_level_argument
 from .errors import OpenMatchError
@@ -62,6 +63,7 @@ logger = logging.getLogger("openmatch.preprocessing")
 
 QUERY_COLUMNS = "id,text"
 COLLECTION_COLUMNS = "id,title,text"
+NEGATIVES_COLUMNS = ("qid", "pids")
 
 
 class PreprocessingError(OpenMatchError, RuntimeError):
@@ -143,34 +145,28 @@ def load_texts(path, column_names: str, template: Template) -> dict[str, str]:
 
     Only the filled text is kept: on full MS MARCO (8.8M passages) this is far smaller than records.
     """
-    texts: dict[str, str] = {}
-    for line_no, rid, record in iter_id_records(path, column_names):
-        if rid in texts:
-            raise DataFormatError(path, line_no, f"id {rid!r} repeated")
-        texts[rid] = template.fill(record)
-    if not texts:
-        raise DataFormatError(path, None, "no records found")
-    return texts
+    return load_id_records(path, column_names, value=template.fill)
 
 
 def iter_negatives_file(path) -> Iterator[tuple[int, str, list[str]]]:
-    """Yield ``(line_no, qid, [pid, ...])`` from ``qid<TAB>neg1,neg2,...`` (the recipe's awk output)."""
+    """Yield ``(line_no, qid, [pid, ...])`` from ``qid<TAB>neg1,neg2,...`` (the recipe's awk output).
+
+    Ids follow the rule of every record file (non-empty, no white space); an empty second column is a
+    query without candidates.
+    """
     for line_no, line in iter_lines(path):
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        if len(fields) != 2 or not fields[0].strip():
-            hint = ""
-            if len(fields) == 1 and line.startswith(","):
+        try:
+            fields = split_tsv(line, NEGATIVES_COLUMNS, path, line_no)
+        except DataFormatError as err:
+            if "\t" not in line and line.startswith(","):
                 hint = (
                     " (a first line starting with ',' is what the recipe's awk writes when the first query id"
                     " is 0: awk's unset `last` compares equal to 0; use scripts/msmarco/prepare_marco.sh)"
                 )
-            raise DataFormatError(
-                path, line_no, f"expected 2 tab-separated columns (qid, comma-separated pids), found {len(fields)}{hint}"
-            )
-        qid = fields[0].strip()
-        yield line_no, qid, [pid for pid in (p.strip() for p in fields[1].split(",")) if pid]
+                raise DataFormatError(path, line_no, err.message + hint) from None
+            raise
+        pids = fields["pids"].split(",") if fields["pids"] else []
+        yield line_no, check_id(fields["qid"], path, line_no), check_ids(pids, path, line_no)
 
 
 def iter_run_groups(path, depth: int) -> Iterator[tuple[int, str, list[str]]]:

@@ -179,5 +179,5 @@ def test_bad_lines_name_file_and_line(tmp_path, bad, message):
 
 
 def test_empty_file_is_an_error(tmp_path):
-    with pytest.raises(DataFormatError, match="no training examples"):
+    with pytest.raises(DataFormatError, match=r"train\.jsonl: no records: the file is empty$"):
         make(tmp_path, [""])

@@ -6,6 +6,11 @@ Qrels layouts accepted (whitespace: tab or spaces):
 - BEIR: a ``query-id corpus-id score`` header, then 3 columns.
 Judgments of relevance 0 are kept: metrics treat relevance > 0 as relevant, but a query judged only 0 is
 still a query of the evaluation (it scores 0, as in trec_eval).
+
+Lines are decoded as every record file is (:mod:`openmatch.dataset.records`: strict UTF-8, CRLF or LF, blank
+lines skipped, errors as ``path:line: what``). White space separates the columns of qrels and runs, so their
+ids hold none, as the id rule of every other file requires: an id with white space in it shows up as a
+wrong column count.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..utils import atomic_output
-from .readers import DataFormatError, iter_lines, open_binary
+from .records import DataFormatError, decode_line, is_blank, iter_lines, no_records, open_binary
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +53,7 @@ def load_qrels(path: str | os.PathLike) -> Qrels:
     width = None
     for line_no, line in iter_lines(path):
         fields = line.split()
-        if not fields:
-            continue
-        if width is None and line_no == 1 and fields[0].lower() in ("query-id", "query_id", "qid", "query"):
+        if width is None and line_no == 1 and fields and fields[0].lower() in ("query-id", "query_id", "qid", "query"):
             continue  # BEIR header
         if width is None:
             width = len(fields)
@@ -68,7 +71,7 @@ def load_qrels(path: str | os.PathLike) -> Qrels:
             qid, pid, rel = fields[0], fields[1], 1
         qrels[qid][pid] = rel
     if not qrels:
-        raise DataFormatError(path, None, "no judgments found")
+        raise no_records(path)
     return dict(qrels)
 
 
@@ -146,13 +149,9 @@ def _parse_block_slowly(path, first_line: int, chunk: bytes):
     qids, pids, ranks, scores = [], [], [], []
     for offset, raw in enumerate(chunk.split(b"\n")):
         line_no = first_line + offset
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise DataFormatError(path, line_no, f"invalid UTF-8 at byte {err.start}") from None
-        if not line.strip():
+        if is_blank(raw):
             continue
-        qid, pid, rank, score = _parse_run_line(path, line_no, line)
+        qid, pid, rank, score = _parse_run_line(path, line_no, decode_line(raw, path, line_no))
         qids.append(qid), pids.append(pid), ranks.append(rank), scores.append(score)
     return first_line, qids, pids, ranks, scores
 

@@ -22,7 +22,6 @@ Passage choice is a pure function of ``(seed, epoch, example index)``, so a resu
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 from typing import Optional, Sequence
@@ -31,7 +30,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ..errors import InputError, MissingInputError, UsageError
-from .readers import DataFormatError
+from .records import DataFormatError, decode_json_object, decode_line, is_blank, no_records
 from .tokenization import SpecialTokenLayout, pad_batch
 
 logger = logging.getLogger(__name__)
@@ -133,7 +132,7 @@ class TrainDataset(Dataset):
                 offset = 0
                 with open(path, "rb", buffering=1 << 20) as handle:
                     for line_no, raw in enumerate(handle, start=1):
-                        if raw.strip():
+                        if not is_blank(raw):
                             files.append(file_no)
                             starts.append(offset)
                             ends.append(offset + len(raw))
@@ -141,7 +140,7 @@ class TrainDataset(Dataset):
                         offset += len(raw)
                         bar.update(len(raw))
         if not starts:
-            raise DataFormatError(", ".join(self.paths), None, "no training examples")
+            raise no_records(", ".join(self.paths))
         self._file = np.asarray(files, dtype=np.int32)
         self._start = np.asarray(starts, dtype=np.int64)
         self._end = np.asarray(ends, dtype=np.int64)
@@ -182,12 +181,7 @@ class TrainDataset(Dataset):
         file_no, start, end = int(self._file[index]), int(self._start[index]), int(self._end[index])
         path, line = self.location(index)
         data = os.pread(self._fd(file_no), end - start, start)
-        try:
-            record = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise DataFormatError(path, line, f"invalid JSON: {getattr(err, 'msg', err)}") from None
-        if not isinstance(record, dict):
-            raise DataFormatError(path, line, "expected a JSON object")
+        record = decode_json_object(decode_line(data, path, line), path, line)
         query = _check_ids(record.get("query"), path, line, '"query"')
         positives = record.get("positives")
         if not isinstance(positives, list) or not positives:
