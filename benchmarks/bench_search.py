@@ -88,7 +88,7 @@ def main() -> None:
         return
     import numpy as np
 
-    from openmatch.retriever.index import write_index
+    from openmatch.retriever.builder import write_index
 
     rng = np.random.default_rng(0)
     folder = tempfile.mkdtemp(prefix="bench_search_")

@@ -6,6 +6,7 @@
     api.build_index(model, tokenizer, "corpus.tsv", "index/", column_names="id,title,text",
                     template="Title: <title> Text: <text>")
     hits = api.search("index/", q, ["q1"], depth=10)          # {"q1": [(pid, score), ...]}
+    hits = api.retrieve(model, tokenizer, "queries.tsv", "index/", template="<text>", column_names="id,text")
     api.evaluate_run("qrels.tsv", "run.trec", ["mrr@10"])
 
 The drivers ``build_index`` and ``retrieve`` are thin compositions of these functions.
@@ -13,6 +14,7 @@ The drivers ``build_index`` and ``retrieve`` are thin compositions of these func
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Optional, Sequence
 
@@ -22,10 +24,13 @@ from .arguments import ModelArguments
 from .dataset.inference_dataset import InferenceDataset, make_loader
 from .dataset.records import check_unique, no_records
 from .dataset.tokenization import pad_batch
+from .errors import UsageError
+from .retriever.builder import build_index  # noqa: F401  (the one build_index, for notebooks too)
 from .retriever.encode import Precision, encode_batches, pick_device
-from .retriever.index import BuildOptions
-from .retriever.index import build_index as _build_index
-from .retriever.search import EmbeddingIndex, SearchOptions, search_index
+from .retriever.index import EmbeddingIndex, check_compatible
+from .retriever.search import QUERY_ENCODING_FIELDS, SearchOptions, search_index
+
+logger = logging.getLogger(__name__)
 
 
 def load_model(path_or_args: str | os.PathLike | ModelArguments, **model_kwargs):
@@ -119,13 +124,6 @@ def encode_file(
     return ids, np.concatenate(parts)[order]
 
 
-def build_index(model, tokenizer, corpus_path: str | os.PathLike, output_dir: str | os.PathLike, model_path: str = "", **options) -> dict:
-    """Encode a corpus into an index folder (see :class:`openmatch.retriever.BuildOptions` for the options);
-    returns the manifest. Resumes an interrupted build of the same model and corpus."""
-    opts = BuildOptions(corpus_path=os.fspath(corpus_path), output_dir=os.fspath(output_dir), **options)
-    return _build_index(model, tokenizer, opts, model_path=model_path)
-
-
 def search(
     index_dir: str | os.PathLike | EmbeddingIndex,
     query_embeddings: np.ndarray,
@@ -133,8 +131,56 @@ def search(
     depth: int = 100,
     **options,
 ) -> dict[str, list[tuple[str, float]]]:
-    """``{qid: [(pid, score), ...]}`` best first (see :class:`openmatch.retriever.SearchOptions`)."""
+    """``{qid: [(pid, score), ...]}`` best first (see :class:`openmatch.retriever.SearchOptions`).
+
+    The embeddings are taken as they are: only their dimension is checked against the index. To have the
+    query encoder checked against the index's model, let :func:`retrieve` encode the queries.
+    """
+    encoding = sorted(set(options) & set(QUERY_ENCODING_FIELDS))
+    if encoding:
+        raise UsageError(f"api.search takes query embeddings; {', '.join(encoding)} apply where api.retrieve encodes queries")
     return search_index(index_dir, query_embeddings, list(query_ids), SearchOptions(depth=depth, **options))
+
+
+def retrieve(
+    model,
+    tokenizer,
+    queries_path: str | os.PathLike,
+    index_dir: str | os.PathLike | EmbeddingIndex,
+    *,
+    options: Optional[SearchOptions] = None,
+    **fields,
+) -> dict[str, list[tuple[str, float]]]:
+    """Encode the queries of a TSV/JSONL file with ``model`` and search the index: ``{qid: [(pid, score), ...]}``.
+
+    Options are :class:`openmatch.retriever.SearchOptions` fields as keywords (``depth``, ``faiss_index``, ...,
+    and for the queries ``max_len``, ``template``, ``column_names``, ``batch_size``, ``fp16``, ``bf16``, ...), or
+    ``options=`` a whole ``SearchOptions`` (as ``SearchOptions.from_args`` makes from the command's flags).
+    ``model`` must be the model the index was built with (dimension, configuration and weights, from the
+    manifest); ``allow_model_mismatch=True`` checks the dimension only.
+    """
+    if options is None:
+        options = SearchOptions(**fields)
+    elif fields:
+        raise TypeError("retrieve takes options=SearchOptions(...) or its fields as keywords, not both")
+    index = index_dir if isinstance(index_dir, EmbeddingIndex) else EmbeddingIndex(index_dir)
+    check_compatible(model, index.manifest, index.index_dir, options.allow_model_mismatch)
+    qids, q_reps = encode_file(
+        model,
+        tokenizer,
+        queries_path,
+        max_len=options.max_len,
+        batch_size=options.batch_size,
+        template=options.template,
+        column_names=options.column_names,
+        side="query",
+        num_workers=options.num_workers,
+        device=options.device,
+        fp16=options.fp16,
+        bf16=options.bf16,
+    )
+    logger.info("encoded %d queries; searching %d passages (%s)", len(qids), index.total, options.faiss_index)
+    return search_index(index, q_reps, qids, options)
 
 
 def evaluate_run(qrels_path, run_path, metrics: Sequence[str] = ("mrr@10", "recall@100", "ndcg@10", "map")) -> dict:

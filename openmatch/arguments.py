@@ -190,6 +190,28 @@ class InferenceArguments(OpenMatchTrainingArguments):
             raise UsageError(f"--max_inmem_docs must be positive, got {self.max_inmem_docs}")
 
 
+@dataclass
+class IndexArguments:
+    """Index-only flags (not in OpenMatch)."""
+
+    embedding_dtype: str = field(
+        default="float32", metadata={"help": "dtype of the stored embeddings", "choices": ["float32", "float16"]}
+    )
+
+
+@dataclass
+class SearchArguments:
+    """Search flags beyond OpenMatch's."""
+
+    faiss_nprobe: int = field(default=32, metadata={"help": "IVF lists visited per query (approximate search)"})
+    faiss_ef_search: int = field(default=128, metadata={"help": "HNSW efSearch (approximate search)"})
+    faiss_train_sample: int = field(default=262_144, metadata={"help": "vectors sampled to train an approximate index"})
+    search_batch_size: int = field(default=8192, metadata={"help": "queries per faiss call"})
+    allow_model_mismatch: bool = field(
+        default=False, metadata={"help": "search even if the query encoder's weights differ from the index's model"}
+    )
+
+
 def parse_args(dataclass_types: Sequence[type], args: Optional[Sequence[str]] = None) -> tuple:
     """Parse flags (or a single ``.json`` file) into the given dataclasses.
 

@@ -21,6 +21,24 @@ def dist_context() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def raise_unless_all_ok(error: BaseException | None, other_rank_failed: str) -> None:
+    """Agree across ranks on success; re-raise this rank's error, or report another rank's failure."""
+    if not all_ok(error is None):
+        if error is not None:
+            raise error
+        raise RuntimeError(other_rank_failed)
+
+
+def all_ok(ok: bool) -> bool:
+    """Whether every rank succeeded (True when not distributed); lets the others stop instead of hanging."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return ok
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    flag = torch.tensor([1 if ok else 0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 def init_distributed() -> None:
     """Join the process group a launcher (torchrun, torch.distributed.launch) describes, if any.
 

@@ -11,8 +11,6 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import IO, Iterator
 
-# Re-exported: it lives in openmatch.distributed; older imports (openmatch.retriever.index) use this path.
-from .distributed import dist_context  # noqa: F401
 
 logger = logging.getLogger("openmatch")
 

@@ -121,9 +121,11 @@ def generate() -> str:
     from openmatch.arguments import (
         DataArguments,
         DRTrainingArguments,
+        IndexArguments,
         InferenceArguments,
         ModelArguments,
         OpenMatchTrainingArguments,
+        SearchArguments,
     )
     from openmatch.driver import build_index, evaluate, retrieve, train_dr
 
@@ -191,15 +193,15 @@ def generate() -> str:
         "",
         "## IndexArguments",
         "",
-        _cell(build_index.IndexArguments.__doc__.strip()) + " `build_index` only.",
+        _cell(IndexArguments.__doc__.strip()) + " `build_index` only.",
         "",
-        *dataclass_table(build_index.IndexArguments),
+        *dataclass_table(IndexArguments),
         "",
         "## SearchArguments",
         "",
-        _cell(retrieve.SearchArguments.__doc__.strip()) + " `retrieve` only.",
+        _cell(SearchArguments.__doc__.strip()) + " `retrieve` only.",
         "",
-        *dataclass_table(retrieve.SearchArguments),
+        *dataclass_table(SearchArguments),
         "",
         "## python -m openmatch.driver.evaluate",
         "",

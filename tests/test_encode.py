@@ -13,7 +13,7 @@ import torch
 from openmatch import api
 from openmatch.dataset.inference_dataset import InferenceDataset
 from openmatch.dataset.readers import DataFormatError
-from openmatch.retriever import index as index_mod
+from openmatch.retriever import builder
 from openmatch.retriever.index import IndexFolderError
 from tiny_models import synthetic_words
 
@@ -92,7 +92,7 @@ def test_rank_and_worker_split_is_a_partition(tiny_bert, corpus, model_tok):
 
 def test_resume_after_crash_skips_complete_shards(model_tok, corpus, tmp_path, monkeypatch):
     out = tmp_path / "idx"
-    real_write = index_mod.write_shard
+    real_write = builder.write_shard
     calls = []
 
     def crash_after_first(*args, **kwargs):
@@ -101,20 +101,20 @@ def test_resume_after_crash_skips_complete_shards(model_tok, corpus, tmp_path, m
         calls.append(args[2])
         return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(index_mod, "write_shard", crash_after_first)
+    monkeypatch.setattr(builder, "write_shard", crash_after_first)
     with pytest.raises(KeyboardInterrupt):
         build(model_tok, corpus, out)
     assert not (out / "manifest.json").exists()
     (out / ".embeddings.rank0.shard1.npy.x1y2.tmp").write_bytes(b"half written")  # as a crash leaves it
     first = (out / "embeddings.rank0.shard0.npy").stat().st_mtime_ns
     written = []
-    monkeypatch.setattr(index_mod, "write_shard", lambda *a, **k: written.append(a[2]) or real_write(*a, **k))
+    monkeypatch.setattr(builder, "write_shard", lambda *a, **k: written.append(a[2]) or real_write(*a, **k))
     build(model_tok, corpus, out)
     assert sorted(written) == [1, 2]  # shard 0 was not encoded again
     assert (out / "embeddings.rank0.shard0.npy").stat().st_mtime_ns == first
     assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
     resumed = read_index(out)
-    monkeypatch.setattr(index_mod, "write_shard", real_write)
+    monkeypatch.setattr(builder, "write_shard", real_write)
     build(model_tok, corpus, tmp_path / "clean")
     clean = read_index(tmp_path / "clean")
     assert resumed.keys() == clean.keys()
@@ -126,7 +126,7 @@ def test_resume_after_crash_skips_complete_shards(model_tok, corpus, tmp_path, m
         handle.write(b"\x00\x00\x80\x7f")
     os.unlink(out / "manifest.json")
     written.clear()
-    monkeypatch.setattr(index_mod, "write_shard", lambda *a, **k: written.append(a[2]) or real_write(*a, **k))
+    monkeypatch.setattr(builder, "write_shard", lambda *a, **k: written.append(a[2]) or real_write(*a, **k))
     build(model_tok, corpus, out)
     assert written == [2]
 
@@ -192,7 +192,7 @@ def test_driver_flags_and_float16(tiny_bert, corpus, tmp_path, capsys):
 def test_query_encoder_check_ignores_the_loss_temperature(model_tok, corpus, tmp_path, tiny_bert):
     """A checkpoint loaded without the --temperature it was trained with still searches its own index
     (temperature never changes an embedding); a different pooling is refused."""
-    from openmatch.driver.retrieve import check_compatible
+    from openmatch.retriever.index import check_compatible
 
     manifest = build(model_tok, corpus, tmp_path / "idx")
     same_weights_other_temperature, _ = api.load_model(tiny_bert, pooling="mean", normalize=False, temperature=0.05)

@@ -12,8 +12,9 @@ import torch
 from transformers import AutoTokenizer
 
 from openmatch import api
-from openmatch.retriever import index as index_mod
-from openmatch.retriever.index import BuildOptions, verify_shard
+from openmatch.retriever import builder
+from openmatch.retriever.builder import BuildOptions
+from openmatch.retriever.index import verify_shard
 from tiny_models import synthetic_words
 
 N_DOCS, SHARD, DIM = 2000, 1200, 8192
@@ -66,7 +67,7 @@ def test_build_index_holds_one_shard(tiny_bert, corpus, tmp_path, monkeypatch, d
     build(tok, corpus_path, tmp_path / "warm", dtype, max_inmem_docs=10)  # imports and caches outside the count
     shard_bytes = SHARD * DIM * np.dtype(dtype).itemsize
     start = []
-    real_count = index_mod.count_lines
+    real_count = builder.count_lines
 
     def count_then_start(path):
         # The line count reads 16 MiB blocks, a constant beside the shard: the measurement starts after it.
@@ -75,7 +76,7 @@ def test_build_index_holds_one_shard(tiny_bert, corpus, tmp_path, monkeypatch, d
         start.append(tracemalloc.get_traced_memory()[0])
         return lines
 
-    monkeypatch.setattr(index_mod, "count_lines", count_then_start)
+    monkeypatch.setattr(builder, "count_lines", count_then_start)
     tracemalloc.start()  # numpy reports its arrays to tracemalloc; torch's tensors are not counted
     try:
         manifest = build(tok, corpus_path, tmp_path / "idx", dtype)
@@ -106,9 +107,9 @@ def test_shard_writer_order_early_rows_and_resume(tmp_path, monkeypatch):
     """Batches out of order across shards (a later shard's rows first, a finished shard skipped)."""
     options = BuildOptions(corpus_path="", output_dir=str(tmp_path), dtype="float32")
     written = []
-    real = index_mod.write_shard
-    monkeypatch.setattr(index_mod, "write_shard", lambda *a, **k: written.append(a[2]) or real(*a, **k))
-    writer = index_mod._ShardWriter(options, 0, 4, 11, done={1: {"count": 4}})  # positions 4..7 already built
+    real = builder.write_shard
+    monkeypatch.setattr(builder, "write_shard", lambda *a, **k: written.append(a[2]) or real(*a, **k))
+    writer = builder._ShardWriter(options, 0, 4, 11, done={1: {"count": 4}})  # positions 4..7 already built
     positions = np.array([9, 2, 0, 8, 10, 3, 1])  # shard 2 (8..10) comes partly first; shard 0 completes
     embeddings = np.repeat(positions[:, None].astype(np.float32), 3, axis=1)
     writer.add(positions[:2], [f"p{j}" for j in positions[:2]], embeddings[:2])
@@ -123,7 +124,7 @@ def test_shard_writer_order_early_rows_and_resume(tmp_path, monkeypatch):
         np.testing.assert_array_equal(np.load(tmp_path / meta["embeddings"])[:, 0], wanted)
         assert (tmp_path / meta["ids"]).read_text().split() == [f"p{j}" for j in wanted]
     # A position seen twice is an error, not a silently overwritten row.
-    writer = index_mod._ShardWriter(options, 0, 4, 11, done={})
+    writer = builder._ShardWriter(options, 0, 4, 11, done={})
     writer.add(np.array([1]), ["p1"], embeddings[:1])
     with pytest.raises(RuntimeError, match="encoded twice"):
         writer.add(np.array([1]), ["p1"], embeddings[:1])

@@ -93,12 +93,15 @@ def test_gather_is_identity_without_distributed():
 
 
 def test_distributed_helpers_live_in_one_module(monkeypatch):
-    """openmatch.modeling and openmatch.utils re-export the helpers of openmatch.distributed, not copies of them."""
+    """openmatch.modeling re-exports the helpers of openmatch.distributed, not copies of them; the index builder
+    agrees on success across ranks with the same helper."""
     import openmatch.modeling
-    import openmatch.utils
+    import openmatch.retriever.builder
+    from openmatch.distributed import all_ok
 
     assert openmatch.modeling.gather_with_grad is gather_with_grad
-    assert openmatch.utils.dist_context is dist_context
+    assert openmatch.retriever.builder.all_ok is all_ok
+    assert all_ok(True) and not all_ok(False)  # no process group: this process's own answer
     # A single-process launch (or none) forms no process group, and the rank comes from the environment.
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "1")

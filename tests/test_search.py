@@ -12,9 +12,10 @@ import pytest
 
 from openmatch import api
 from openmatch.dataset.qrels import load_qrels, load_run
-from openmatch.retriever.index import write_index
+from openmatch.retriever.builder import write_index
 from openmatch.retriever import search as search_mod
-from openmatch.retriever.search import EmbeddingIndex, SearchOptions, adjust_nlist, merge_topk, search_embeddings
+from openmatch.retriever.index import EmbeddingIndex
+from openmatch.retriever.search import SearchOptions, adjust_nlist, merge_topk, search_embeddings
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,11 @@ def pick_device(device: Optional[str | torch.device] = None) -> torch.device:
     return torch.device("cpu")
 
 
+def device_from_args(infer_args) -> Optional[str]:
+    """The device ``--use_cpu`` asks for: the CPU, or ``None`` (this rank's GPU when there is one)."""
+    return "cpu" if getattr(infer_args, "use_cpu", False) else None
+
+
 class Precision:
     """How the model runs: fp32, fp16 (autocast, GPU only) or bf16 (weights cast, any device).
 

@@ -1,4 +1,7 @@
-"""An embedding index folder: ``.npy`` shards, id files and a manifest, built resumably and never mixed.
+"""The embedding index folder: its file names, what it records, its shards and manifest, and reading it.
+
+This module is the format, in one place: :mod:`openmatch.retriever.builder` writes folders through it and
+:mod:`openmatch.retriever.search` reads them through :class:`EmbeddingIndex`.
 
 Layout of ``output_dir`` (all JSON, text and ``.npy``; no pickle, because loading a pickle runs code):
 
@@ -15,9 +18,7 @@ Layout of ``output_dir`` (all JSON, text and ``.npy``; no pickle, because loadin
   written by rank 0 once every rank has finished. Search reads only indexes that have one.
 
 Rank ``r`` owns the corpus lines ``g`` with ``g % world_size == r``; its ``j``-th line (``j = g //
-world_size``) goes to shard ``j // shard_size`` where ``shard_size = max_inmem_docs // world_size``, so
-memory holds one shard of embeddings (one preallocated array, filled batch by batch at each row's place)
-plus the rows of the next shard that arrive early, whatever the corpus size.
+world_size``) goes to shard ``j // shard_size`` where ``shard_size = max_inmem_docs // world_size``.
 """
 
 from __future__ import annotations
@@ -29,17 +30,13 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
 
 import numpy as np
-import torch
 
-from ..dataset.inference_dataset import InferenceDataset, make_loader
-from ..dataset.records import DataFormatError, check_not_empty, count_lines, find_duplicate
-from ..errors import InputError, MissingInputError, OpenMatchError, UsageError
+from ..errors import InputError, MissingInputError, OpenMatchError
 from ..utils import atomic_output, write_json_atomic
-from .encode import Precision, encode_batches, model_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -201,11 +198,16 @@ def verify_shard(output_dir: str, meta: dict) -> bool:
     return True
 
 
+def shard_numbers(output_dir: str, rank: int) -> list[int]:
+    """The numbers of the shards of rank ``rank`` whose json is in ``output_dir``, ascending."""
+    pattern = os.path.join(output_dir, f"shard.rank{rank}.shard*.json")
+    return sorted(int(re.search(r"shard(\d+)\.json$", path).group(1)) for path in glob.glob(pattern))
+
+
 def complete_shards(output_dir: str, rank: int, shard_size: int) -> dict[int, dict]:
     """``{shard: meta}`` of rank ``rank``'s verified shards; broken ones are deleted (they will be redone)."""
     done = {}
-    for path in glob.glob(os.path.join(output_dir, f"shard.rank{rank}.shard*.json")):
-        shard = int(re.search(r"shard(\d+)\.json$", path).group(1))
+    for shard in shard_numbers(output_dir, rank):
         meta = read_shard_meta(output_dir, rank, shard)
         if meta is not None and meta.get("count", 0) <= shard_size and verify_shard(output_dir, meta):
             done[shard] = meta
@@ -252,318 +254,18 @@ def write_shard(output_dir: str, rank: int, shard: int, positions, ids, embeddin
     return meta
 
 
-def _raise_unless_all_ok(error: BaseException | None, other_rank_failed: str) -> None:
-    """Agree across ranks on success; re-raise this rank's error, or report another rank's failure."""
-    if not _all_ok(error is None):
-        if error is not None:
-            raise error
-        raise RuntimeError(other_rank_failed)
-
-
-def _all_ok(ok: bool) -> bool:
-    """Whether every rank succeeded (True when not distributed); lets the others stop instead of hanging."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return ok
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    flag = torch.tensor([1 if ok else 0], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
-
-
-@dataclass
-class BuildOptions:
-    """How to build an index; see :func:`build_index`."""
-
-    corpus_path: str
-    output_dir: str
-    max_len: int = 128
-    batch_size: int = 256
-    template: Optional[str] = None
-    column_names: Optional[str] = None
-    num_workers: int = 0
-    max_inmem_docs: int = 10_000_000
-    dtype: str = "float32"
-    fp16: bool = False
-    bf16: bool = False
-    overwrite: bool = False
-    device: Optional[str] = None
-    window_batches: int = 50
-    extra_manifest: dict = field(default_factory=dict)
-    progress: bool = True
-
-
-def build_index(model, tokenizer, options: BuildOptions, model_path: str = "") -> dict:
-    """Encode ``options.corpus_path`` with ``model.encode_passage`` into ``options.output_dir``; returns the manifest.
-
-    Runs on every rank of a distributed job (each encodes its share); rank 0 checks the folder first and
-    writes the manifest last. Resumes a crashed build of the same spec; see the module docstring.
-    """
-    import torch.distributed as dist
-
-    from ..utils import dist_context
-
-    rank, world_size = dist_context()
-    distributed = dist.is_available() and dist.is_initialized() and world_size > 1
-    if options.dtype not in ("float32", "float16"):
-        raise UsageError(f"embedding dtype must be float32 or float16, got {options.dtype!r}")
-    corpus_path = os.fspath(options.corpus_path)
-    if not os.path.exists(corpus_path):
-        raise MissingInputError(f"{corpus_path}: no such file (--corpus_path)")
-    check_not_empty(corpus_path, options.column_names)
-    from ..dataset.inference_dataset import resolve_template
-
-    template = resolve_template(options.template, "passage")
-    from .encode import pick_device
-
-    precision = Precision(pick_device(options.device), options.fp16, options.bf16)
-    shard_size = max(1, options.max_inmem_docs // world_size)
-    spec = IndexSpec(
-        model_path=os.path.abspath(model_path) if model_path else "",
-        model_config=model.config.encoding_json() if hasattr(model.config, "encoding_json") else {},
-        model_fingerprint=model_fingerprint(model),
-        dim=int(model.embedding_dim),
-        corpus=file_fingerprint(corpus_path),
-        template=template.template,
-        column_names=list(options.column_names.split(",")) if isinstance(options.column_names, str) else options.column_names,
-        max_len=options.max_len,
-        precision=precision.name,
-        dtype=options.dtype,
-        world_size=world_size,
-        shard_size=shard_size,
-    )
-    out = options.output_dir
-    state, error = None, None
-    if rank == 0:
-        try:
-            state = prepare_output_dir(out, spec, options.overwrite)
-        except Exception as err:  # reported on rank 0, the others stop cleanly
-            error = err
-    if not _all_ok(error is None):
-        if error is not None:
-            raise error
-        raise IndexFolderError(f"rank 0 refused {out}; see its log")
-
-    error = None
-    try:
-        done = complete_shards(out, rank, shard_size)
-        if done:
-            logger.info("rank %d: %d complete shard(s) found in %s; skipping them", rank, len(done), out)
-        finished = bool(done) and any(meta["count"] < shard_size for meta in done.values())
-        if not (state == "complete" or finished and _rank_complete(done, shard_size)):
-            with precision.prepared(model) as runner:  # the caller's model is left as it was
-                _encode_rank(runner, tokenizer, options, precision, template, rank, world_size, shard_size, done)
-    except BaseException as err:
-        error = err
-    _raise_unless_all_ok(error, "another rank failed while encoding; see its log")
-
-    manifest, error = None, None
-    if rank == 0:
-        try:
-            manifest = _finalize(out, spec, options, world_size, shard_size)
-        except BaseException as err:
-            error = err
-    _raise_unless_all_ok(error, "rank 0 failed to finalise the index; see its log")
-    if rank != 0:
-        manifest = load_manifest(out)
-    return manifest
-
-
-def _rank_complete(done: dict[int, dict], shard_size: int) -> bool:
-    """Shards 0..K-1 all present, the last one short (so nothing follows it)."""
-    last = max(done)
-    return sorted(done) == list(range(last + 1)) and done[last]["count"] < shard_size
-
-
-def _encode_rank(model, tokenizer, options, precision, template, rank, world_size, shard_size, done) -> None:
-    from tqdm.auto import tqdm
-
-    skip = (lambda j: (j // shard_size) in done) if done else None
-    dataset = InferenceDataset(
-        options.corpus_path,
-        tokenizer,
-        max_len=options.max_len,
-        batch_size=options.batch_size,
-        template=template,
-        column_names=options.column_names,
-        rank=rank,
-        world_size=world_size,
-        skip=skip,
-        window_batches=options.window_batches,
-    )
-    loader = make_loader(dataset, options.num_workers, pin_memory=precision.device.type == "cuda")
-    # An upper bound of this rank's records (every line might be one), counted without parsing: for the
-    # progress bar and to size the last shard.
-    max_rows = -(-count_lines(options.corpus_path) // world_size)
-    estimate = max_rows - sum(meta["count"] for meta in done.values())
-    bar = tqdm(
-        total=max(estimate, 0),
-        unit="passages",
-        unit_scale=True,
-        desc=f"encoding (rank {rank})",
-        disable=not options.progress or rank != 0,
-        smoothing=0.1,
-    )
-    writer = _ShardWriter(options, rank, shard_size, max_rows, done)
-    for batch, embeddings in encode_batches(model, loader, precision, side="passage"):
-        writer.add(batch["positions"].numpy(), batch["ids"], embeddings)
-        bar.update(len(batch["ids"]))
-    writer.finish()
-    bar.close()
-    logger.info("rank %d: wrote %d shard(s) to %s", rank, writer.written, options.output_dir)
-
-
-class _ShardArray:
-    """One shard's rows, each written straight to its place (its position minus the shard's first)."""
-
-    def __init__(self, shard: int, first: int, rows: int, dim: int, dtype: str):
-        self.shard, self.first = shard, first
-        self.embeddings = np.empty((rows, dim), dtype=dtype)
-        self.ids = np.empty(rows, dtype=object)
-        self.filled = np.zeros(rows, dtype=bool)
-        self.count = 0
-
-    def put(self, positions: np.ndarray, ids: list, embeddings: np.ndarray) -> None:
-        places = positions - self.first
-        if places.min() < 0 or places.max() >= len(self.filled):
-            raise InputError(
-                f"shard {self.shard}: corpus position {int(positions.max())} is beyond the {len(self.filled)} rows "
-                "counted for it; did the corpus file change while encoding?"
-            )
-        if self.filled[places].any() or len(np.unique(places)) != len(places):
-            raise RuntimeError(f"shard {self.shard}: a corpus position was encoded twice")
-        self.filled[places] = True
-        self.embeddings[places] = embeddings  # cast to the shard's dtype here, row by row
-        self.ids[places] = ids
-        self.count += len(places)
-
-
-class _ShardWriter:
-    """Gathers one rank's embeddings into shards and writes each one, in shard order, once complete.
-
-    Batches come length-sorted within a window of lines, so their rows are out of corpus order and a
-    window can straddle a shard boundary. The shard being filled is one array of its final size and dtype
-    (``shard_size`` rows, fewer for the last shard: at most ``max_rows`` minus the rows before it), and each
-    batch's rows go straight to their places in it, so it is written without a copy. Rows of a later shard
-    that arrive early wait in their batch slices until its turn. Memory thus holds one shard plus about a
-    window of rows, not the batch list, its concatenation and its reordered copy (three shards).
-    """
-
-    def __init__(self, options, rank: int, shard_size: int, max_rows: int, done):
-        self.options, self.rank, self.shard_size, self.max_rows = options, rank, shard_size, max_rows
-        self.done = set(done)
-        self.next = self._skip_done(0)  # the shard being filled (or the first to come)
-        self.current: Optional[_ShardArray] = None
-        self.early: dict[int, list[tuple[np.ndarray, list, np.ndarray]]] = {}
-        self.written = 0
-
-    def _skip_done(self, shard: int) -> int:
-        while shard in self.done:
-            shard += 1
-        return shard
-
-    def add(self, positions: np.ndarray, ids: list, embeddings: np.ndarray) -> None:
-        """File one batch's rows (``positions``: this rank's corpus positions ``j``)."""
-        shards = positions // self.shard_size
-        for shard in np.unique(shards).tolist():
-            rows = np.flatnonzero(shards == shard)
-            part = (positions[rows], [ids[i] for i in rows], embeddings[rows])
-            if shard == self.next:
-                self._open(embeddings.shape[1]).put(*part)
-                self._write_complete()
-            elif shard > self.next:
-                self.early.setdefault(shard, []).append(part)
-            else:
-                raise RuntimeError(f"rank {self.rank}: rows of shard {shard} arrived after it was written or skipped")
-
-    def finish(self) -> None:
-        """Write what is left: the shard being filled (the last one, short) and any shard after it."""
-        while self.current is not None or self.early:
-            if self.current is None:
-                self.next = min(self.early)
-                self._open(self.early[self.next][0][2].shape[1])
-            self._write(self.current)
-            self.current = None
-
-    def _open(self, dim: int) -> _ShardArray:
-        """The array of shard ``next``, created (with the rows that came early) on first use."""
-        if self.current is None:
-            first = self.next * self.shard_size
-            rows = min(self.shard_size, self.max_rows - first)
-            if rows <= 0:
-                raise InputError(
-                    f"rank {self.rank}: shard {self.next} starts beyond the {self.max_rows} rows the corpus's line "
-                    "count allows; did the corpus file change while encoding?"
-                )
-            self.current = _ShardArray(self.next, first, rows, dim, self.options.dtype)
-            for part in self.early.pop(self.next, []):
-                self.current.put(*part)
-        return self.current
-
-    def _write_complete(self) -> None:
-        while self.current is not None and self.current.count == self.shard_size:
-            self._write(self.current)
-            self.current = None
-            self.next = self._skip_done(self.next + 1)
-            if self.next in self.early:
-                self._open(self.early[self.next][0][2].shape[1])
-
-    def _write(self, array: _ShardArray) -> None:
-        count = array.count
-        if not array.filled[:count].all():
-            raise RuntimeError(f"rank {self.rank}: shard {array.shard} misses rows below its {count} rows")
-        write_shard(
-            self.options.output_dir,
-            self.rank,
-            array.shard,
-            np.arange(array.first, array.first + count),
-            array.ids[:count],
-            array.embeddings[:count],
-            self.options.dtype,
-        )
-        self.written += 1
-
-
-def _finalize(out: str, spec: IndexSpec, options: BuildOptions, world_size: int, shard_size: int) -> dict:
-    shards = []
-    for rank in range(world_size):
-        metas = {}
-        for path in glob.glob(os.path.join(out, f"shard.rank{rank}.shard*.json")):
-            shard = int(re.search(r"shard(\d+)\.json$", path).group(1))
-            metas[shard] = read_shard_meta(out, rank, shard)
-        if metas and sorted(metas) != list(range(len(metas))):
-            raise RuntimeError(f"{out}: rank {rank}'s shards are not contiguous ({sorted(metas)}); rerun build_index")
-        for shard in sorted(metas):
-            meta = metas[shard]
-            if shard < len(metas) - 1 and meta["count"] != shard_size:
-                raise RuntimeError(f"{out}: shard {shard} of rank {rank} holds {meta['count']} rows, not {shard_size}")
-            shards.append(meta)
-    total = sum(meta["count"] for meta in shards)
-    if total == 0:
-        raise DataFormatError(options.corpus_path, None, "no records: the corpus is empty")
-    seen: set[str] = set()
-    for meta in shards:
-        with open(os.path.join(out, meta["ids"]), encoding="utf-8") as handle:
-            for line in handle:
-                rid = line.rstrip("\n")
-                if rid in seen:
-                    err = find_duplicate(options.corpus_path, options.column_names, rid)
-                    for name in index_files(out):  # an index with a repeated id is unusable
-                        os.unlink(os.path.join(out, name))
-                    raise err
-                seen.add(rid)
+def write_manifest(output_dir: str, spec: IndexSpec, shards: list[dict], arguments: dict) -> dict:
+    """Write ``manifest.json`` (which makes the folder a complete index) for ``shards``, in search order."""
     manifest = spec.to_dict()
     manifest.update(
         {
-            "total": total,
+            "total": sum(meta["count"] for meta in shards),
             "shards": shards,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "arguments": options.extra_manifest,
+            "arguments": arguments,
         }
     )
-    write_json_atomic(os.path.join(out, MANIFEST_FILE), manifest)
-    logger.info("index complete: %d passages, dim %d, %d shard(s) in %s", total, spec.dim, len(shards), out)
+    write_json_atomic(os.path.join(output_dir, MANIFEST_FILE), manifest)
     return manifest
 
 
@@ -582,45 +284,135 @@ def load_manifest(index_dir: str) -> dict:
     return manifest
 
 
+def check_compatible(model, manifest: dict, index_dir: str, allow_mismatch: bool = False) -> None:
+    """Refuse a query encoder whose dimension, configuration or weights differ from the index's model.
 
-def write_index(
-    output_dir: str,
-    ids: list[str],
-    embeddings: np.ndarray,
-    shard_size: int = 10_000_000,
-    dtype: str = "float32",
-    model: Optional[dict] = None,
-) -> dict:
-    """Write precomputed embeddings (e.g. from another encoder) as an index folder that search can read.
-
-    ``model`` may carry ``path``/``config``/``fingerprint`` for the compatibility check; the folder must
-    not hold another index.
+    ``allow_mismatch`` keeps only the dimension check (the configuration and weights may differ).
     """
-    embeddings = np.asarray(embeddings)
-    if embeddings.ndim != 2 or len(embeddings) != len(ids):
-        raise ValueError(f"need one embedding row per id: {len(ids)} ids, array of shape {embeddings.shape}")
-    if len(set(ids)) != len(ids):
-        raise ValueError("ids must be unique")
-    if index_files(output_dir):
-        raise IndexFolderError(f"{output_dir} already holds an index; choose another folder")
-    model = model or {}
-    spec = IndexSpec(
-        model_path=model.get("path", ""),
-        model_config=model.get("config", {}),
-        model_fingerprint=model.get("fingerprint", ""),
-        dim=int(embeddings.shape[1]),
-        corpus={"path": "", "size": len(ids), "mtime_ns": 0},
-        template="",
-        column_names=None,
-        max_len=0,
-        precision="external",
-        dtype=dtype,
-        world_size=1,
-        shard_size=shard_size,
-    )
-    prepare_output_dir(output_dir, spec)
-    for shard, start in enumerate(range(0, len(ids), shard_size)):
-        stop = start + shard_size
-        write_shard(output_dir, 0, shard, np.arange(start, min(stop, len(ids))), list(ids[start:stop]), embeddings[start:stop], dtype)
-    options = BuildOptions(corpus_path="", output_dir=output_dir)
-    return _finalize(output_dir, spec, options, 1, shard_size)
+    from .encode import model_fingerprint  # torch's side; reading an index needs none of it
+
+    built = manifest["model"]
+    if int(model.embedding_dim) != int(built["dim"]):
+        raise InputError(
+            f"the query encoder gives {model.embedding_dim}-dimensional embeddings but the index in {index_dir} holds "
+            f"{built['dim']}-dimensional ones (built with {built['path'] or 'another model'}); encode queries and "
+            "passages with the same model"
+        )
+    if allow_mismatch:
+        return
+    config = model.config.encoding_json() if hasattr(model.config, "encoding_json") else {}
+    if config != built.get("config", config) or model_fingerprint(model) != built["fingerprint"]:
+        raise InputError(
+            f"the query encoder is not the model that built the index in {index_dir} (built with "
+            f"{built['path'] or 'another model'}); rebuild the index or pass --allow_model_mismatch"
+        )
+
+
+class EmbeddingIndex:
+    """Read access to a complete index folder (the layout in this module's docstring)."""
+
+    def __init__(self, index_dir: str | os.PathLike):
+        self.index_dir = os.fspath(index_dir)
+        self.manifest = load_manifest(self.index_dir)
+        self.dim = int(self.manifest["model"]["dim"])
+        self.total = int(self.manifest["total"])
+        self.shards = self.manifest["shards"]
+        self.offsets = np.cumsum([0] + [s["count"] for s in self.shards])
+
+    def embeddings(self, shard: dict) -> np.ndarray:
+        path = os.path.join(self.index_dir, shard["embeddings"])
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        if array.shape != (shard["count"], self.dim):
+            raise IndexFolderError(f"{path}: shape {array.shape} does not match the manifest ({shard['count']}, {self.dim})")
+        return array
+
+    def iter_blocks(self, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        """``(global_offset, float32 block)`` over the whole corpus: rows ``[i·block_rows, (i+1)·block_rows)``.
+
+        Blocks run across shard boundaries, so which rows share a block does not depend on the sharding.
+        """
+        arrays: dict[int, np.ndarray] = {}
+        for start in range(0, self.total, block_rows):
+            stop = min(start + block_rows, self.total)
+            block = np.empty((stop - start, self.dim), dtype=np.float32)
+            for number, (shard, offset) in enumerate(zip(self.shards, self.offsets)):
+                lo, hi = max(start, int(offset)), min(stop, int(offset) + shard["count"])
+                if lo >= hi:
+                    continue
+                if number not in arrays:
+                    arrays = {number: self.embeddings(shard)}  # earlier shards are done with
+                block[lo - start : hi - start] = arrays[number][lo - offset : hi - offset]
+            yield start, block
+
+    def lookup_ids(self, indices: np.ndarray) -> dict[int, str]:
+        """``{global_index: id}`` for the given indices, reading the id files once (no full id table in memory)."""
+        wanted = np.unique(indices[indices >= 0])
+        return dict(zip(wanted.tolist(), self.ids_of(wanted).tolist()))
+
+    def ids_of(self, indices: np.ndarray) -> np.ndarray:
+        """An object array shaped like ``indices`` holding the id of each global index (``None`` for -1).
+
+        Each needed id file is read once, in chunks of ``_ID_CHUNK_CHARS`` characters, so memory holds a
+        chunk of one shard's ids, never the whole id table; the hits are found with one sort instead of a
+        Python test per line or per hit.
+        """
+        indices = np.asarray(indices)
+        out = np.full(indices.shape, None, dtype=object)
+        flat = indices.reshape(-1)
+        rows = np.flatnonzero(flat >= 0)
+        if not len(rows):
+            return out
+        if int(flat[rows].max()) >= self.total:
+            raise IndexError(f"index {int(flat[rows].max())} is beyond the {self.total} passages of {self.index_dir}")
+        order = rows[np.argsort(flat[rows], kind="stable")]
+        targets = flat[order]  # ascending global indices (repeats allowed)
+        names = np.empty(len(order), dtype=object)
+        for shard, offset in zip(self.shards, self.offsets):
+            lo, hi = np.searchsorted(targets, [offset, offset + shard["count"]])
+            if lo < hi:
+                names[lo:hi] = self._read_ids(shard, targets[lo:hi] - offset)
+        out.reshape(-1)[order] = names
+        return out
+
+    def _read_ids(self, shard: dict, local: np.ndarray) -> list[str]:
+        """The ids at the ascending row numbers ``local`` of one shard."""
+        path = os.path.join(self.index_dir, shard["ids"])
+        found: list[str] = []
+        start, pos = 0, 0
+        for lines in _id_chunks(path):
+            end = start + len(lines)
+            stop = int(np.searchsorted(local, end, side="left"))
+            if stop > pos:
+                pick = (local[pos:stop] - start).tolist()
+                found.extend([lines[i] for i in pick])
+                pos = stop
+            start = end
+            if pos == len(local):
+                break
+        if pos < len(local):
+            raise IndexFolderError(f"{path}: holds {start} ids, the manifest says {shard['count']}")
+        return found
+
+
+_ID_CHUNK_CHARS = 1 << 24
+
+
+def _id_chunks(path: str) -> Iterator[list[str]]:
+    """Lists of consecutive lines (without their newline) of an id file, a bounded chunk at a time."""
+    with open(path, encoding="utf-8") as handle:
+        rest = ""
+        while True:
+            data = handle.read(_ID_CHUNK_CHARS)
+            if not data:
+                break
+            data = rest + data
+            cut = data.rfind("\n")
+            if cut < 0:
+                rest = data
+                continue
+            rest = data[cut + 1 :]
+            yield data[:cut].split("\n")
+        if rest:
+            yield [rest]
+
+

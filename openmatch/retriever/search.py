@@ -33,12 +33,13 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from ..errors import DependencyError, InputError, ResourceError, UsageError
-from .index import IndexFolderError, load_manifest
+from .encode import device_from_args
+from .index import EmbeddingIndex
 
 logger = logging.getLogger(__name__)
 
@@ -49,114 +50,6 @@ def _faiss():
     except ImportError as err:  # pragma: no cover - faiss-cpu is a dependency
         raise DependencyError("searching needs faiss: pip install faiss-cpu (or faiss-gpu)") from err
     return faiss
-
-
-class EmbeddingIndex:
-    """Read access to a complete index folder (see :mod:`openmatch.retriever.index`)."""
-
-    def __init__(self, index_dir: str | os.PathLike):
-        self.index_dir = os.fspath(index_dir)
-        self.manifest = load_manifest(self.index_dir)
-        self.dim = int(self.manifest["model"]["dim"])
-        self.total = int(self.manifest["total"])
-        self.shards = self.manifest["shards"]
-        self.offsets = np.cumsum([0] + [s["count"] for s in self.shards])
-
-    def embeddings(self, shard: dict) -> np.ndarray:
-        path = os.path.join(self.index_dir, shard["embeddings"])
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-        if array.shape != (shard["count"], self.dim):
-            raise IndexFolderError(f"{path}: shape {array.shape} does not match the manifest ({shard['count']}, {self.dim})")
-        return array
-
-    def iter_blocks(self, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
-        """``(global_offset, float32 block)`` over the whole corpus: rows ``[i·block_rows, (i+1)·block_rows)``.
-
-        Blocks run across shard boundaries, so which rows share a block does not depend on the sharding.
-        """
-        arrays: dict[int, np.ndarray] = {}
-        for start in range(0, self.total, block_rows):
-            stop = min(start + block_rows, self.total)
-            block = np.empty((stop - start, self.dim), dtype=np.float32)
-            for number, (shard, offset) in enumerate(zip(self.shards, self.offsets)):
-                lo, hi = max(start, int(offset)), min(stop, int(offset) + shard["count"])
-                if lo >= hi:
-                    continue
-                if number not in arrays:
-                    arrays = {number: self.embeddings(shard)}  # earlier shards are done with
-                block[lo - start : hi - start] = arrays[number][lo - offset : hi - offset]
-            yield start, block
-
-    def lookup_ids(self, indices: np.ndarray) -> dict[int, str]:
-        """``{global_index: id}`` for the given indices, reading the id files once (no full id table in memory)."""
-        wanted = np.unique(indices[indices >= 0])
-        return dict(zip(wanted.tolist(), self.ids_of(wanted).tolist()))
-
-    def ids_of(self, indices: np.ndarray) -> np.ndarray:
-        """An object array shaped like ``indices`` holding the id of each global index (``None`` for -1).
-
-        Each needed id file is read once, in chunks of ``_ID_CHUNK_CHARS`` characters, so memory holds a
-        chunk of one shard's ids, never the whole id table; the hits are found with one sort instead of a
-        Python test per line or per hit.
-        """
-        indices = np.asarray(indices)
-        out = np.full(indices.shape, None, dtype=object)
-        flat = indices.reshape(-1)
-        rows = np.flatnonzero(flat >= 0)
-        if not len(rows):
-            return out
-        if int(flat[rows].max()) >= self.total:
-            raise IndexError(f"index {int(flat[rows].max())} is beyond the {self.total} passages of {self.index_dir}")
-        order = rows[np.argsort(flat[rows], kind="stable")]
-        targets = flat[order]  # ascending global indices (repeats allowed)
-        names = np.empty(len(order), dtype=object)
-        for shard, offset in zip(self.shards, self.offsets):
-            lo, hi = np.searchsorted(targets, [offset, offset + shard["count"]])
-            if lo < hi:
-                names[lo:hi] = self._read_ids(shard, targets[lo:hi] - offset)
-        out.reshape(-1)[order] = names
-        return out
-
-    def _read_ids(self, shard: dict, local: np.ndarray) -> list[str]:
-        """The ids at the ascending row numbers ``local`` of one shard."""
-        path = os.path.join(self.index_dir, shard["ids"])
-        found: list[str] = []
-        start, pos = 0, 0
-        for lines in _id_chunks(path):
-            end = start + len(lines)
-            stop = int(np.searchsorted(local, end, side="left"))
-            if stop > pos:
-                pick = (local[pos:stop] - start).tolist()
-                found.extend([lines[i] for i in pick])
-                pos = stop
-            start = end
-            if pos == len(local):
-                break
-        if pos < len(local):
-            raise IndexFolderError(f"{path}: holds {start} ids, the manifest says {shard['count']}")
-        return found
-
-
-_ID_CHUNK_CHARS = 1 << 24
-
-
-def _id_chunks(path: str) -> Iterator[list[str]]:
-    """Lists of consecutive lines (without their newline) of an id file, a bounded chunk at a time."""
-    with open(path, encoding="utf-8") as handle:
-        rest = ""
-        while True:
-            data = handle.read(_ID_CHUNK_CHARS)
-            if not data:
-                break
-            data = rest + data
-            cut = data.rfind("\n")
-            if cut < 0:
-                rest = data
-                continue
-            rest = data[cut + 1 :]
-            yield data[:cut].split("\n")
-        if rest:
-            yield [rest]
 
 
 def merge_topk(
@@ -174,18 +67,59 @@ def merge_topk(
 
 @dataclass
 class SearchOptions:
-    """How to search; see :func:`search_index`."""
+    """How to retrieve: how the index is searched (:func:`search_index`) and, when the queries are encoded
+    on the way (``openmatch.api.retrieve``), how they are encoded and whether the query encoder may differ
+    from the index's model (:func:`openmatch.retriever.index.check_compatible`)."""
 
     depth: int = 100
     faiss_index: str = "Flat"
     use_gpu: bool = False
     starting_gpu: int = 0
     block_rows: int = 1 << 18  # exact search; rounded up to a multiple of faiss's 1024-row tile
-    query_batch_size: int = 8192
+    query_batch_size: int = 8192  # queries per faiss call
     nprobe: int = 32
     ef_search: int = 128
     train_sample: int = 262_144
     seed: int = 0
+    # Encoding the queries, as ``openmatch.api.encode_file`` does.
+    max_len: int = 32
+    batch_size: int = 64  # queries per encoding batch
+    template: Optional[str] = None
+    column_names: Optional[str] = None
+    num_workers: int = 0
+    device: Optional[str] = None
+    fp16: bool = False
+    bf16: bool = False
+    allow_model_mismatch: bool = False
+
+    @classmethod
+    def from_args(cls, data_args, infer_args, search_args) -> "SearchOptions":
+        """The options that ``retrieve``'s flags (its argument dataclasses but the model's) ask for."""
+        return cls(
+            depth=infer_args.retrieve_depth,
+            faiss_index=infer_args.faiss_index,
+            use_gpu=infer_args.use_gpu,
+            starting_gpu=infer_args.faiss_starting_gpu,
+            query_batch_size=search_args.search_batch_size,
+            nprobe=search_args.faiss_nprobe,
+            ef_search=search_args.faiss_ef_search,
+            train_sample=search_args.faiss_train_sample,
+            max_len=data_args.q_max_len,
+            batch_size=infer_args.per_device_eval_batch_size,
+            template=data_args.query_template,
+            column_names=data_args.query_column_names,
+            num_workers=infer_args.dataloader_num_workers,
+            device=device_from_args(infer_args),
+            fp16=infer_args.fp16,
+            bf16=infer_args.bf16,
+            allow_model_mismatch=search_args.allow_model_mismatch,
+        )
+
+
+# The fields of SearchOptions that concern encoding the queries, not searching.
+QUERY_ENCODING_FIELDS = (
+    "max_len", "batch_size", "template", "column_names", "num_workers", "device", "fp16", "bf16", "allow_model_mismatch"
+)
 
 
 def _gpu_list(faiss, starting_gpu: int) -> list[int]:

@@ -9,7 +9,6 @@ trainer's.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from pathlib import Path
