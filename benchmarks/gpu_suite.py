@@ -34,7 +34,6 @@ from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
@@ -63,7 +62,7 @@ TINY = Sizes(passages=600, p_max_len=64, encode_batch=64, workers=1, train_steps
 def write_corpus(path: Path, n: int, seed: int = 0) -> None:
     """A ``pid\\ttitle\\ttext`` TSV with MS MARCO's passage lengths in words the test tokenizers know."""
     import numpy as np
-    from tiny_models import synthetic_words
+    from tests.tiny_models import synthetic_words
 
     rng = np.random.default_rng(seed)
     words = np.asarray(synthetic_words(1500))
@@ -79,7 +78,7 @@ def write_corpus(path: Path, n: int, seed: int = 0) -> None:
 def build_models(work: Path, size: str) -> dict[str, tuple[str, dict]]:
     """``{row name: (model folder, ModelArguments keywords)}`` of random-init models of the given size."""
     import torch
-    from tiny_models import build_fixed_vocab_bert_tokenizer, build_t5_tokenizer, _training_text
+    from tests.tiny_models import build_fixed_vocab_bert_tokenizer, build_t5_tokenizer, _training_text
     from transformers import BertConfig, BertModel, T5Config, T5Model
 
     base = size == "base"

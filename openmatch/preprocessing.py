@@ -610,11 +610,3 @@ def _names(config: BuildConfig, source_name: str) -> dict:
         "collection": config.collection,
         "n_sample": config.n_sample,
     }
-
-
-def run_cli(main: Callable[[Optional[list[str]]], object], argv: Optional[list[str]] = None) -> int:
-    """Run a script's ``main`` as the command line would and return its exit status: bad input is one
-    ``error: ...`` line on stderr and status 2 (see :mod:`openmatch.cli`)."""
-    from .cli import run
-
-    return run(main, argv)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,14 +11,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from tiny_models import build_tiny_bert, build_tiny_t5  # noqa: E402
-
-
-def shared_data_dir() -> Path:
-    return Path(os.environ.get("OPENMATCH_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+from tests import shared_data_dir  # noqa: E402  (after the environment defaults above)
+from tests.tiny_models import build_tiny_bert, build_tiny_t5  # noqa: E402
 
 
 @pytest.fixture(scope="session")

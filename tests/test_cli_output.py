@@ -8,12 +8,11 @@ import os
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+from tests import REPO
 FP16_WARNING = "warning: --fp16 needs a GPU; none is available, so this run uses float32."
 
 

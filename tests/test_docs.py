@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import runpy
 import shlex
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests import REPO
 DOC_FILES = sorted((REPO / "docs").glob("*.md")) + [REPO / "README.md"]
 PLACEHOLDER = "/tmp/openmatch-docs"
 SCRIPT_PARSERS = {

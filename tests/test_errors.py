@@ -9,16 +9,16 @@ import os
 import runpy
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from openmatch.dataset.readers import DataFormatError
 from openmatch.driver import evaluate
-from openmatch.preprocessing import PreprocessingError, run_cli
+from openmatch.cli import run as run_cli
+from openmatch.preprocessing import PreprocessingError
 from openmatch.retriever.index import IndexFolderError
 
-REPO = Path(__file__).resolve().parent.parent
+from tests import REPO
 
 
 def errors():

@@ -14,7 +14,7 @@ import pytest
 
 from openmatch.preprocessing import ids_json, sample_negatives
 
-REPO = Path(__file__).resolve().parent.parent
+from tests import REPO
 SCRIPTS = REPO / "scripts" / "msmarco"
 DOC_TEMPLATE = "Title: <title> Text: <text>"
 
@@ -31,9 +31,9 @@ build_hn = load_script("build_hn")
 
 
 def run_script(module, argv):
-    from openmatch.preprocessing import run_cli
+    from openmatch.cli import run
 
-    return run_cli(module.main, [str(a) for a in argv])
+    return run(module.main, [str(a) for a in argv])
 
 
 def read_lines(folder, pattern):
@@ -143,7 +143,7 @@ def recipe_builds(marco, prepared, minilm_path, tmp_path_factory):
         "--save_to", str(out1) + "/",
         "--doc_template", "Title: <title> Text: <text>",
     ]
-    # In-process (same argv, same run_cli path as the script's __main__): a second interpreter would only add
+    # In-process (same argv, same openmatch.cli.run path as the script's __main__): a second interpreter would only add
     # import time; test_bad_input_from_the_command_line_has_no_traceback runs the script as a process.
     assert run_script(build_train, recipe) == 0
     argv2 = recipe[:-4] + ["--save_to", out2, "--doc_template", DOC_TEMPLATE, "--num_workers", "2", "--shard_size", "300"]

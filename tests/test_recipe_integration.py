@@ -27,12 +27,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_docs import code_blocks
-from test_encode import read_index
-from test_trainer import no_dropout
-from tiny_models import build_tiny_t5
+from tests.test_docs import code_blocks
+from tests.retriever.test_encode import read_index
+from tests.trainer.test_trainer import no_dropout
+from tests.tiny_models import build_tiny_t5
 
-REPO = Path(__file__).resolve().parents[1]
+from tests import REPO
 TUTORIAL = REPO / "docs" / "msmarco-tutorial.md"
 VAL_LINES = 8  # the recipe's `tail -n 500` / `- 500`, for a 96-query collection
 

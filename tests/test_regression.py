@@ -21,15 +21,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent
-sys.path.insert(0, str(TESTS))
-REGRESSION_FILE = TESTS / "regression" / "scores.json"
+from tests import REPO
+
+REGRESSION_FILE = REPO / "tests" / "regression" / "scores.json"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -171,7 +169,7 @@ def sample_texts(marco: Path) -> list[str]:
 def train_tiny_bert(entry: dict, work: Path) -> tuple[Path, Path, Path]:
     """``(initial model, trained checkpoint, sample folder)``: tiny BERT trained by train_dr on the sample."""
     from openmatch.driver import train_dr
-    from tiny_models import build_reproducible_tiny_bert
+    from tests.tiny_models import build_reproducible_tiny_bert
 
     s = entry["settings"]
     marco = sample_collection(work, entry)
@@ -292,7 +290,7 @@ def test_expensive_entry(entry_id):
 if __name__ == "__main__":
     import tempfile
 
-    from conftest import shared_data_dir
+    from tests import shared_data_dir
 
     with tempfile.TemporaryDirectory() as tmp:
         entry = ENTRIES["tiny-bert/sample-120/train_dr"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import T5Config, T5EncoderModel, T5ForConditionalGeneration, T5Model
 
-from conftest import REPO_ROOT
+from tests import REPO as REPO_ROOT
 
 _spec = importlib.util.spec_from_file_location("scale_t5_weights", REPO_ROOT / "scripts" / "scale_t5_weights.py")
 scale = importlib.util.module_from_spec(_spec)

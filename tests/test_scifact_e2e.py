@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests import REPO
 P_MAX_LEN = 64
 Q_MAX_LEN = 64
 DEPTH = 100

@@ -15,7 +15,7 @@ from openmatch import api
 from openmatch.retriever import builder
 from openmatch.retriever.builder import BuildOptions
 from openmatch.retriever.index import verify_shard
-from tiny_models import synthetic_words
+from tests.tiny_models import synthetic_words
 
 N_DOCS, SHARD, DIM = 2000, 1200, 8192
 

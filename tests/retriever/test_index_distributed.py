@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from openmatch import api
-from test_encode import N_DOCS, corpus, read_index  # noqa: F401  (fixture reuse)
+from tests.retriever.test_encode import N_DOCS, corpus, read_index  # noqa: F401  (fixture reuse)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import REPO as ROOT
+
+REPO = str(ROOT)
 
 
 def launch(launcher: list[str], args: list[str]) -> subprocess.CompletedProcess:

@@ -10,7 +10,6 @@ import os
 import random
 import subprocess
 import sys
-from pathlib import Path
 
 import ir_measures
 import numpy as np
@@ -27,7 +26,7 @@ from openmatch.evaluation import (
     rank_scores,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+from tests import REPO
 
 # our name -> trec_eval measure as pytrec_eval is asked for it (its result key has "_" for "."); mrr@k
 # (MS MARCO's) has none: the naive reference and ir_measures' MS MARCO provider check it.

@@ -15,7 +15,7 @@ from openmatch.dataset.inference_dataset import InferenceDataset
 from openmatch.dataset.readers import DataFormatError
 from openmatch.retriever import builder
 from openmatch.retriever.index import IndexFolderError
-from tiny_models import synthetic_words
+from tests.tiny_models import synthetic_words
 
 N_DOCS = 101
 

@@ -6,7 +6,7 @@ same global batches as the one-process reference (the same shuffle, split betwee
 models mean equal gradients at every step, on the passages of both epochs. Dropout is off so that the two set-ups
 compute the same function.
 
-Run as a script (``torchrun ... tests/test_train_distributed.py ARGS``), this file is the training driver with a
+Run as a script (``torchrun ... tests/trainer/test_train_distributed.py ARGS``), this file is the training driver with a
 training set that records what each rank draws (see ``RecordingDataset``).
 """
 
@@ -24,9 +24,11 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from openmatch.dataset.train_dataset import TrainDataset
-from test_trainer import arg_list, no_dropout, write_synthetic_task
+from tests.trainer.test_trainer import arg_list, no_dropout, write_synthetic_task
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import REPO as ROOT
+
+REPO = str(ROOT)
 N_EXAMPLES, EPOCHS, N_PASSAGES = 32, 2, 3  # 32 examples / global batch 8 = 4 steps per epoch
 SGD_TWO_EPOCHS = ["--num_train_epochs", str(EPOCHS), "--optim", "sgd", "--learning_rate", "0.5",
                   "--lr_scheduler_type", "constant", "--warmup_ratio", "0", "--max_grad_norm", "0",

@@ -13,7 +13,7 @@ import pytest
 from openmatch import api
 from openmatch.errors import InputError, UsageError
 
-REPO = Path(__file__).resolve().parent.parent
+from tests import REPO
 DRIVERS = sorted((REPO / "openmatch" / "driver").glob("*.py"))
 
 

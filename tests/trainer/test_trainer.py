@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import random
@@ -17,7 +16,7 @@ from openmatch.dataset.train_dataset import TrainCollator
 from openmatch.driver.train_dr import build_trainer, main, resolve_resume
 from openmatch.modeling import DRModel
 from openmatch.trainer import GradCache
-from tiny_models import synthetic_words
+from tests.tiny_models import synthetic_words
 
 
 def write_synthetic_task(model_dir, path, n, seed, n_words=100, p_words=6, q_words=3, n_neg=6):

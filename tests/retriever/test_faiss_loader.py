@@ -5,14 +5,13 @@ from __future__ import annotations
 import builtins
 import re
 from importlib import metadata
-from pathlib import Path
 
 import pytest
 
 from openmatch.errors import OpenMatchError
 from openmatch.retriever import faiss_loader
 
-REPO = Path(__file__).resolve().parent.parent
+from tests import REPO
 
 
 @pytest.fixture(autouse=True)
