@@ -23,7 +23,7 @@ import numpy as np
 from .arguments import ModelArguments
 from .dataset.inference_dataset import InferenceDataset, make_loader
 from .dataset.records import check_unique, no_records
-from .dataset.tokenization import pad_batch
+from .dataset.tokenization import length_sorted_batches
 from .errors import UsageError
 from .retriever.builder import build_index  # noqa: F401  (the one build_index, for notebooks too)
 from .retriever.encode import Precision, encode_batches, pick_device
@@ -68,13 +68,8 @@ def encode(
     texts = list(texts)
     if not texts:
         return np.zeros((0, int(model.embedding_dim)), dtype=np.float32)
-    encoded = tokenizer(texts, truncation=True, max_length=max_len, add_special_tokens=True, return_attention_mask=False)["input_ids"]
-    order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
-
     def batches():
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            batch = pad_batch([encoded[i] for i in rows], tokenizer.pad_token_id)
+        for rows, batch in length_sorted_batches(tokenizer, texts, max_len, batch_size):
             batch["rows"] = rows
             yield batch
 

@@ -55,8 +55,14 @@ def init_distributed() -> None:
 
 
 def teardown_distributed() -> None:
-    """Leave the process group, if one was formed (a clean exit instead of torch's warning at shutdown)."""
+    """Leave the process group, if one was formed, once every rank is done with it.
+
+    Without it a rank's gloo threads can still be running when the interpreter exits ("terminate called
+    without an active exception", SIGABRT); without the barrier a fast rank leaves while a slow one still
+    talks to it, and the slow one waits forever.
+    """
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

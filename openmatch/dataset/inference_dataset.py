@@ -28,11 +28,11 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from ..distributed import dist_context
-from ..errors import InputError, MissingInputError, UsageError
+from ..errors import MissingInputError, UsageError
 from .records import RecordParser, iter_raw_data_lines, parse_column_names
 from .streaming import ShardedStream
 from .template import Template
-from .tokenization import pad_batch
+from .tokenization import length_sorted_batches, require_pad_id
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +89,7 @@ class InferenceDataset(IterableDataset):
         self.skip = skip
         self.window = max(1, window_batches) * batch_size if sort_by_length else batch_size
         self.sort_by_length = sort_by_length
-        if tokenizer.pad_token_id is None:
-            raise InputError(f"tokenizer {type(tokenizer).__name__} has no pad token; set one before encoding")
+        require_pad_id(tokenizer)
 
     def _placement(self) -> tuple[int, int]:
         rank, world_size = dist_context()
@@ -115,20 +114,9 @@ class InferenceDataset(IterableDataset):
             ids.append(rid)
             positions.append(j)
             texts.append(self.template.fill(record))
-        encoded = self.tokenizer(
-            texts, truncation=True, max_length=self.max_len, add_special_tokens=True, return_attention_mask=False
-        )["input_ids"]
-        order = range(len(encoded))
-        if self.sort_by_length:
-            # Longest first: a batch too large for the device fails at once rather than hours later.
-            order = sorted(order, key=lambda i: -len(encoded[i]))
-        order = list(order)
-        pad_id = self.tokenizer.pad_token_id
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            batch = pad_batch([encoded[i] for i in chunk], pad_id)
-            batch["ids"] = [ids[i] for i in chunk]
-            batch["positions"] = torch.tensor([positions[i] for i in chunk], dtype=torch.long)
+        for rows, batch in length_sorted_batches(self.tokenizer, texts, self.max_len, self.batch_size, self.sort_by_length):
+            batch["ids"] = [ids[i] for i in rows]
+            batch["positions"] = torch.tensor([positions[i] for i in rows], dtype=torch.long)
             yield batch
 
     def __iter__(self) -> Iterator[dict]:

@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 
 from ..errors import InputError, MissingInputError, UsageError
 from .records import DataFormatError, decode_json_object, decode_line, is_blank, no_records
-from .tokenization import SpecialTokenLayout, pad_batch
+from .tokenization import SpecialTokenLayout, pad_batch, require_pad_id
 
 logger = logging.getLogger(__name__)
 
@@ -253,9 +253,7 @@ class TrainCollator:
 
     @classmethod
     def for_tokenizer(cls, tokenizer, pad_to_multiple_of: Optional[int] = None) -> "TrainCollator":
-        if tokenizer.pad_token_id is None:
-            raise InputError(f"tokenizer {type(tokenizer).__name__} has no pad token; set one before training")
-        return cls(tokenizer.pad_token_id, pad_to_multiple_of)
+        return cls(require_pad_id(tokenizer), pad_to_multiple_of)
 
     def __call__(self, items: Sequence[dict]) -> dict:
         sizes = {len(item["passages"]) for item in items}

@@ -18,6 +18,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..arguments import DataArguments, DRTrainingArguments, ModelArguments
 from ..cli import main_wrapper, parse_args
 from ..dataset.train_dataset import TrainCollator, TrainDataset
+from ..distributed import teardown_distributed
 from ..errors import MissingInputError, OutputExistsError, UsageError
 from ..modeling import load_model_and_tokenizer
 from ..modeling.checkpoint import CONFIG_NAME
@@ -101,6 +102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     trainer.save_model()
     if trainer.is_world_process_zero():
         logger.info("model saved to %s", training_args.output_dir)
+    teardown_distributed()
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from transformers.utils import CONFIG_NAME as HF_CONFIG_NAME
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 
 from ..arguments import ModelArguments
+from ..dataset.tokenization import require_pad_id
 from ..errors import InputError, MissingInputError, UsageError
 from ..utils import atomic_output, write_json_atomic
 from .config import DECODER_BACKBONES, T5_ENCODER_BACKBONES, DRModelConfig, TrainingSettings
@@ -325,10 +326,7 @@ def load_model_and_tokenizer(model_args: ModelArguments):
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as err:
         raise InputError(f"{source}: cannot load a tokenizer ({err}); pass --tokenizer_name") from None
-    if tokenizer.pad_token_id is None:
-        raise InputError(
-            f"{source}: tokenizer has no pad token; batches cannot be padded (set one in its tokenizer_config.json)"
-        )
+    require_pad_id(tokenizer, source)
     return model, tokenizer
 
 
