@@ -38,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--run", required=True, nargs="+",
         help="TREC run(s): 'qid Q0 pid rank score run_id'; NAME=PATH names a run in the comparison table",
     )
-    parser.add_argument("--metrics", default=DEFAULT_DRIVER_METRICS, help=f"comma-separated (default {DEFAULT_DRIVER_METRICS})")
+    parser.add_argument(
+        "--metrics", nargs="+", default=[DEFAULT_DRIVER_METRICS],
+        help=f"comma- or space-separated (default {DEFAULT_DRIVER_METRICS})",
+    )
     parser.add_argument("--per_query", action="store_true", help="also print 'metric qid value' for every judged query")
     parser.add_argument("--output", default=None, help="write the results as JSON to this file")
     add_log_level_argument(parser)
@@ -96,7 +99,7 @@ def evaluate_one(qrels, run_path: str, metrics, per_query_output: bool) -> dict:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(0, args.log_level)
-    metrics = parse_metrics(args.metrics)  # before reading anything: a typo fails fast
+    metrics = parse_metrics(",".join(args.metrics))  # before reading anything: a typo fails fast
     runs = parse_run_names(args.run)
     qrels = load_qrels(args.qrels)
     summaries = {name: evaluate_one(qrels, path, metrics, args.per_query) for name, path in runs.items()}

@@ -370,3 +370,18 @@ def test_driver_compares_named_runs(tmp_path, capsys):
         assert rows[name] == pytest.approx([expected["mrr@10"], expected["ndcg@10"]], abs=5e-5)
         assert saved[name]["metrics"] == pytest.approx(expected, abs=1e-12)
     assert rows["a"] != rows["b"]
+
+
+def test_driver_takes_metrics_comma_or_space_separated(tmp_path, capsys):
+    from openmatch.driver import evaluate as evaluate_driver
+
+    qrels_path = tmp_path / "qrels.tsv"
+    qrels_path.write_text("".join(f"{q}\t0\t{p}\t{r}\n" for q, judged in TRICKY_QRELS.items() for p, r in judged.items()))
+    run_path = tmp_path / "run.trec"
+    write_trec_run(run_path, [(qid, sorted(hits.items(), key=lambda x: -x[1])) for qid, hits in TRICKY_RUN.items()])
+    outputs = []
+    for metrics in (["mrr@10,ndcg@10"], ["mrr@10", "ndcg@10"], ["mrr@10,", "ndcg@10"]):
+        out = tmp_path / f"m{len(outputs)}.json"
+        assert evaluate_driver.main(["--qrels", str(qrels_path), "--run", str(run_path), "--metrics", *metrics, "--output", str(out)]) == 0
+        outputs.append(json.loads(out.read_text())["metrics"])
+    assert outputs[0] == outputs[1] == outputs[2] and list(outputs[0]) == ["mrr@10", "ndcg@10"]
