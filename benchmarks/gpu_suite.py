@@ -14,7 +14,8 @@ tokenizer path. Rows:
   the first-batch losses compared;
 - search: exact top-k of float16 passages on the device, ``torch`` matmul + top-k
   (:func:`openmatch.retriever.torch_search.exact_topk`) vs faiss (GPU index when faiss has GPU support, else
-  ``faiss.knn`` on the CPU), with the share of identical result ids.
+  ``faiss.knn`` on the CPU), with the share of result ids found by both and of queries whose ranked id lists are
+  identical.
 
 ``--output FILE`` also writes the rows as JSON. Numbers are only comparable within one run on one card.
 """
@@ -146,6 +147,7 @@ def encode_rows(sizes: Sizes, work: Path, corpus: Path) -> list[dict]:
             result = run_naive(naive_args, str(corpus), model_dir, [])
             reference = result["passages"] / result["seconds"]
         rows.append({"stage": "encode", "what": name, "ours": ours, "reference": reference, "unit": "passages/s",
+                     "passages": manifest["total"],
                      "target": "20,000 p/s and 6x" if not flags else ""})
         if on_gpu:
             torch.cuda.empty_cache()
@@ -203,8 +205,11 @@ def search_rows(sizes: Sizes) -> list[dict]:
         f_seconds, f_rows, where = faiss_result
         row["reference"] = sizes.search_queries / f_seconds
         row["faiss_seconds"] = f_seconds
-        row["same_ids"] = float(np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(t_rows.tolist(), f_rows.tolist())]))
-        row["what"] += f" (ref: faiss {where}; ids shared {row['same_ids']:.4f})"
+        pairs = list(zip(t_rows.tolist(), f_rows.tolist()))
+        row["same_ids"] = float(np.mean([len(set(a) & set(b)) / len(a) for a, b in pairs]))
+        # Shared ids can hide a wrong ranking; identical lists also need the same order.
+        row["same_order"] = float(np.mean([a == b for a, b in pairs]))
+        row["what"] += f" (ref: faiss {where}; ids shared {row['same_ids']:.4f}, same order {row['same_order']:.4f})"
     else:
         row["what"] += " (faiss not installed)"
     return [row]
@@ -241,12 +246,12 @@ def _faiss_search(blocks, queries, depth):
 
 def format_table(rows: list[dict], card: str) -> str:
     lines = [f"openmatch GPU suite on {card}", ""]
-    header = f"{'stage':<7} {'what':<92} {'ours':>11} {'reference':>11} {'ratio':>7}  {'unit':<11} target"
+    header = f"{'stage':<7} {'what':<116} {'ours':>11} {'reference':>11} {'ratio':>7}  {'unit':<11} target"
     lines += [header, "-" * len(header)]
     for row in rows:
         ref = row["reference"]
         ratio = f"{row['ours'] / ref:.2f}x" if ref else "-"
-        lines.append(f"{row['stage']:<7} {row['what'][:92]:<92} {row['ours']:>11.1f} "
+        lines.append(f"{row['stage']:<7} {row['what'][:116]:<116} {row['ours']:>11.1f} "
                      f"{(f'{ref:.1f}' if ref else '-'):>11} {ratio:>7}  {row['unit']:<11} {row['target']}")
     return "\n".join(lines)
 

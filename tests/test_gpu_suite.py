@@ -21,12 +21,15 @@ def test_gpu_suite_tiny(tmp_path):
     rows = result["rows"]
     assert [row["stage"] for row in rows] == ["encode"] * 3 + ["train", "search"]
     assert all(row["ours"] > 0 for row in rows)
-    encode = rows[0]
-    assert encode["what"].startswith("T5-tiny decoder") and encode["reference"] > 0
+    encode = rows[:3]
+    assert [row["what"] for row in encode] == ["T5-tiny decoder first token", "T5-tiny encoder-only mean", "BERT-tiny first"]
+    assert all(row["passages"] == result["sizes"]["passages"] for row in encode)  # the whole corpus, each model
+    assert encode[0]["reference"] > 0 and encode[1]["reference"] is None is encode[2]["reference"]
     train = rows[3]
     assert train["reference"] > 0 and train["first_loss_gap"] < 1e-4  # same math, different padding
     search = rows[4]
-    assert search["same_ids"] == 1.0  # float32 on CPU: exact torch top-k equals faiss's
+    # float32 on CPU: exact torch top-k equals faiss's, ids and their order (random scores have no ties).
+    assert search["same_ids"] == 1.0 and search["same_order"] == 1.0
     # The printed table names the device and holds one line per row.
     assert "openmatch GPU suite on " + result["device"] in proc.stdout
     assert sum(line.startswith(("encode ", "train ", "search ")) for line in proc.stdout.splitlines()) == 5

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -32,15 +31,9 @@ from tests.retriever.test_encode import read_index
 from tests.trainer.test_trainer import no_dropout
 from tests.tiny_models import build_tiny_t5
 
-from tests import REPO
+from tests import REPO, free_port
 TUTORIAL = REPO / "docs" / "msmarco-tutorial.md"
 VAL_LINES = 8  # the recipe's `tail -n 500` / `- 500`, for a 96-query collection
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tutorial_block(*needles: str) -> str:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests import REPO
+from tests import REPO, free_port
 P_MAX_LEN = 64
 Q_MAX_LEN = 64
 DEPTH = 100
@@ -123,7 +123,7 @@ def marco(shared_data, minilm_path, tmp_path_factory):
     root = shared_data / "scifact-marco"
     out = tmp_path_factory.mktemp("marco")
     marco_corpus(root, out / "corpus.tsv")
-    launcher = ["torch.distributed.run", "--nproc_per_node=2", "--master_port=29547"]
+    launcher = ["torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
     return pipeline(minilm_path, ["--corpus_path", str(out / "corpus.tsv"), "--doc_column_names", "id,title,text"],
                     ["--query_path", str(root / "dev.query.txt"), "--query_column_names", "id,text"],
                     root / "qrels.dev.tsv", out, launcher=launcher, workers=2)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ import torch.multiprocessing as mp
 
 from openmatch.distributed import dist_context, gather_with_grad, init_distributed, teardown_distributed
 from openmatch.modeling import ContrastiveLoss
+from tests import free_port
 
 
 def naive_loss(q: torch.Tensor, p: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -112,12 +112,6 @@ def test_distributed_helpers_live_in_one_module(monkeypatch):
 
 # ---------------------------------------------------------------- two gloo processes
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _global_batch(rows: list[int], n: int, dim: int = 6):
     g = torch.Generator().manual_seed(7)
     q = torch.randn(sum(rows), dim, generator=g, dtype=torch.float64)
@@ -175,4 +169,4 @@ def test_gather_with_grad_two_processes():
     # fork (as DataLoader workers do on Linux) avoids re-importing torch in each child; the children only
     # touch tiny tensors, so no OpenMP pool state is inherited mid-use.
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    mp.start_processes(_worker, args=(2, _free_port(), 3), nprocs=2, join=True, start_method=method)
+    mp.start_processes(_worker, args=(2, free_port(), 3), nprocs=2, join=True, start_method=method)

@@ -241,11 +241,14 @@ def test_checkpoint_temperature_is_kept_unless_the_flag_is_given(tiny_bert, tmp_
 
     assert trained_at(tmp_path / "ckpt") == 0.05  # further training optimises the loss it was trained with
     assert trained_at(tmp_path / "ckpt", "--temperature", "0.1") == 0.1
+    # Given on purpose, the plain model's default is a choice too: not mistaken for "no flag".
+    assert trained_at(tmp_path / "ckpt", "--temperature", "1") == 1.0
     assert trained_at(tiny_bert) == 1.0
     assert trained_at(tiny_bert, "--temperature", "0.2") == 0.2
     # Inference and the Python API agree.
     assert DRModel.load(tmp_path / "ckpt").config.temperature == 0.05
     assert DRModel.load(tmp_path / "ckpt", temperature=0.5).config.temperature == 0.5
+    assert DRModel.load(tmp_path / "ckpt", temperature=1.0).config.temperature == 1.0
 
 
 def test_training_settings_are_stored_beside_the_encoder_not_in_it(tiny_bert, tmp_path):

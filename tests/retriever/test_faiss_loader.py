@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import re
 from importlib import metadata
+from types import SimpleNamespace
 
 import pytest
 
@@ -34,7 +35,33 @@ def test_one_build_imports(monkeypatch):
     fake_installed(monkeypatch, {"faiss-cpu"})
     faiss = faiss_loader.import_faiss()
     assert hasattr(faiss, "IndexFlatIP")
-    assert faiss_loader.has_gpu_support(faiss) == (hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0)
+    assert faiss_loader.has_gpu_support(faiss) is False  # the installed build is faiss-cpu
+
+
+def fake_faiss(gpu_build: bool, num_gpus: int | None) -> SimpleNamespace:
+    """A stand-in for the faiss module: ``gpu_build`` gives it StandardGpuResources, ``num_gpus`` (None:
+    no such function, as in CPU builds that lack it) what ``get_num_gpus`` returns."""
+    attributes = {}
+    if gpu_build:
+        attributes["StandardGpuResources"] = object
+    if num_gpus is not None:
+        attributes["get_num_gpus"] = lambda: num_gpus
+    return SimpleNamespace(**attributes)
+
+
+@pytest.mark.parametrize(
+    "gpu_build,num_gpus,expected",
+    [
+        (True, 1, True),
+        (True, 2, True),
+        (True, 0, False),  # faiss-gpu on a machine without a visible GPU
+        (False, 1, False),  # a CPU build that counts GPUs it cannot use
+        (False, 0, False),
+        (False, None, False),
+    ],
+)
+def test_gpu_support_needs_a_gpu_build_and_a_gpu(gpu_build, num_gpus, expected):
+    assert faiss_loader.has_gpu_support(fake_faiss(gpu_build, num_gpus)) is expected
 
 
 def test_two_builds_are_refused_with_the_fix(monkeypatch):

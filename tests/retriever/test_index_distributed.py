@@ -13,7 +13,7 @@ import pytest
 from openmatch import api
 from tests.retriever.test_encode import N_DOCS, corpus, read_index  # noqa: F401  (fixture reuse)
 
-from tests import REPO as ROOT
+from tests import REPO as ROOT, free_port
 
 REPO = str(ROOT)
 
@@ -24,15 +24,10 @@ def launch(launcher: list[str], args: list[str]) -> subprocess.CompletedProcess:
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize(
-    "launcher,workers",
-    [
-        (["torch.distributed.run", "--nproc_per_node=2", "--master_port=29531"], 2),
-        (["torch.distributed.launch", "--nproc_per_node=2", "--master_port=29532"], 0),
-    ],
-    ids=["torchrun-2x2", "launch-2x0"],
-)
+@pytest.mark.parametrize("launcher,workers", [("torch.distributed.run", 2), ("torch.distributed.launch", 0)],
+                         ids=["torchrun-2x2", "launch-2x0"])
 def test_two_processes_equal_one(tiny_bert, corpus, tmp_path, launcher, workers):  # noqa: F811
+    launcher = [launcher, "--nproc_per_node=2", f"--master_port={free_port()}"]
     flags = ["--model_name_or_path", str(tiny_bert), "--corpus_path", str(corpus), "--doc_template", "<title> <text>",
              "--doc_column_names", "id,title,text", "--p_max_len", "48", "--per_device_eval_batch_size", "8",
              "--max_inmem_docs", "40", "--pooling", "mean", "--dataloader_num_workers", str(workers)]

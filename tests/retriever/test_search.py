@@ -119,12 +119,14 @@ def test_equal_scores_ordered_alike_whatever_the_blocks_and_shards(tmp_path):
         for k in (1, 5, 60, 100, 150):
             scores, idx = search_embeddings(index, queries, SearchOptions(depth=k, block_rows=block_rows))
             results.setdefault(k, []).append((scores, idx))
-    cut_rows = listed_ties = 0
+    # Per layout, over every k: rows with a group cut at the k-th place, and equal neighbours in settled lists.
+    counts = [[0, 0] for _ in results[1]]
     for k, runs in results.items():
-        for scores, idx in runs:
+        for layout, (scores, idx) in enumerate(runs):
             cut, ties = check_order(full, flat, queries, scores, idx, k)
-        cut_rows, listed_ties = cut_rows + cut, listed_ties + ties
-    assert cut_rows and listed_ties  # both cases occur
+            counts[layout][0] += cut
+            counts[layout][1] += ties
+    assert len(counts) == 4 and all(cut and ties for cut, ties in counts)  # both cases occur in every layout
 
 
 def test_scores_do_not_depend_on_shard_boundaries_on_the_blas_path(tmp_path, monkeypatch):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -26,20 +25,13 @@ from transformers import AutoTokenizer
 from openmatch.dataset.train_dataset import TrainDataset
 from tests.trainer.test_trainer import arg_list, no_dropout, write_synthetic_task
 
-from tests import REPO as ROOT
+from tests import REPO as ROOT, free_port
 
 REPO = str(ROOT)
 N_EXAMPLES, EPOCHS, N_PASSAGES = 32, 2, 3  # 32 examples / global batch 8 = 4 steps per epoch
 SGD_TWO_EPOCHS = ["--num_train_epochs", str(EPOCHS), "--optim", "sgd", "--learning_rate", "0.5",
                   "--lr_scheduler_type", "constant", "--warmup_ratio", "0", "--max_grad_norm", "0",
                   "--weight_decay", "0", "--save_strategy", "no", "--train_n_passages", str(N_PASSAGES)]
-
-
-def free_port() -> int:
-    # Fixed ports collide with other distributed tests running at the same time.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run(cmd, timeout=240, **env_extra):

@@ -296,5 +296,12 @@ def test_grad_cache_under_bf16_autocast(tmp_path, tiny_bert, bert_task):
         results.append((loss, grads(trainer.model)))
     (loss_plain, want), (loss_cached, got) = results
     assert loss_cached.item() == pytest.approx(loss_plain.item(), rel=2e-2)
+    assert got.keys() == want.keys()
     for name in want:
-        torch.testing.assert_close(got[name], want[name], rtol=5e-2, atol=5e-3)
+        # Gradients span six orders of magnitude across tensors (attention keys ~1e-8, embeddings ~1e-1), so
+        # one absolute tolerance would pass an all-zero gradient for most of them. bf16 differences between
+        # chunked and whole-batch forwards stay below 1% of each tensor's largest gradient; a zeroed or halved
+        # gradient is off by 50-100% of it.
+        scale = want[name].abs().max().item()
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=2e-2 * scale,
+                                   msg=lambda text, name=name: f"{name}: {text}")
