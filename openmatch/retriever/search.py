@@ -37,19 +37,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..errors import DependencyError, InputError, ResourceError, UsageError
+from ..errors import InputError, ResourceError, UsageError
 from .encode import device_from_args
+from .faiss_loader import import_faiss
 from .index import EmbeddingIndex
 
 logger = logging.getLogger(__name__)
-
-
-def _faiss():
-    try:
-        import faiss
-    except ImportError as err:  # pragma: no cover - faiss-cpu is a dependency
-        raise DependencyError("searching needs faiss: pip install faiss-cpu (or faiss-gpu)") from err
-    return faiss
 
 
 def merge_topk(
@@ -169,7 +162,7 @@ _TIE_MARGIN = 16
 
 
 def _search_exact(index, queries, k, options):
-    faiss = _faiss()
+    faiss = import_faiss()
     nq = len(queries)
     gpus = _gpu_list(faiss, options.starting_gpu) if options.use_gpu else None
     if gpus is None and nq < faiss.omp_get_max_threads():
@@ -316,7 +309,7 @@ def _train_sample(index: EmbeddingIndex, size: int, seed: int) -> np.ndarray:
 
 
 def _search_approximate(index, queries, k, spec, options):
-    faiss = _faiss()
+    faiss = import_faiss()
     spec = adjust_nlist(spec, index.total)
     try:
         cpu_index = faiss.index_factory(index.dim, spec, faiss.METRIC_INNER_PRODUCT)

@@ -13,6 +13,7 @@ import pytest
 from openmatch import api
 from openmatch.dataset.qrels import load_qrels, load_run
 from openmatch.retriever.builder import write_index
+from openmatch.retriever.faiss_loader import has_gpu_support
 from openmatch.retriever import search as search_mod
 from openmatch.retriever.index import EmbeddingIndex
 from openmatch.retriever.search import SearchOptions, adjust_nlist, merge_topk, search_embeddings
@@ -222,7 +223,7 @@ def test_dimension_mismatch_and_missing_index(data, tmp_path):
 
 
 def test_use_gpu_without_gpu_faiss(data, tmp_path):
-    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+    if has_gpu_support(faiss):
         pytest.skip("faiss has GPU support here")
     ids, passages, queries = data
     write_index(str(tmp_path / "idx"), ids, passages)
