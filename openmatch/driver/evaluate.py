@@ -1,14 +1,19 @@
-"""Evaluate a TREC run against qrels.
+"""Evaluate a TREC run against qrels; compare runs with paired significance tests.
 
     python -m openmatch.driver.evaluate --qrels Q --run R [R ...] \
-        [--metrics mrr@10,recall@100,recall@1000,ndcg@10,map] [--per_query] [--output metrics.json]
+        [--metrics mrr@10,recall@100,recall@1000,ndcg@10,map] [--per_query [PATH]] [--output metrics.json] \
+        [--baseline NAME [--permutations 10000] [--seed 0]]
 
 Prints a table of the means over the judged queries — every query of the qrels, also one whose judgments
 are all 0 — where a judged query missing from the run scores 0, as with ``trec_eval -c``; ``mrr@10`` is
 MS MARCO's official MRR@10, ``mrr`` trec_eval's uncut ``recip_rank``. With ``--per_query`` it first prints
-``metric qid value`` lines like ``trec_eval -q``. ``--output`` writes the same numbers as JSON, atomically. Several runs (``--run zero-shot=a.trec stage1=b.trec``)
-are compared in one table, a row per run. Semantics of each metric:
-:mod:`openmatch.evaluation.metrics`.
+``metric qid value`` lines like ``trec_eval -q``; ``--per_query PATH`` writes them to PATH instead (TSV with a
+``run metric qid value`` header, values in full precision). ``--output`` writes the same numbers as JSON,
+atomically. Several runs (``--run zero-shot=a.trec stage1=b.trec``) are compared in one table, a row per run.
+``--baseline NAME`` then tests every other run against the run NAME, metric by metric, over the judged
+queries: mean difference, two-sided paired randomization test and paired t-test p-values (raw and
+Holm-adjusted over the compared runs) and win/tie/loss counts
+(:mod:`openmatch.evaluation.significance`). Semantics of each metric: :mod:`openmatch.evaluation.metrics`.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from ..cli import add_log_level_argument, main_wrapper
 from ..dataset.qrels import load_qrels, load_run
 from ..errors import UsageError
 from ..evaluation.metrics import evaluate, mean_over_queries, parse_metrics
-from ..utils import setup_logging, write_json_atomic
+from ..evaluation.significance import DEFAULT_PERMUTATIONS, DEFAULT_SEED, compare_to_baseline, format_comparisons
+from ..utils import atomic_output, setup_logging, write_json_atomic
 
 DEFAULT_DRIVER_METRICS = "mrr@10,recall@100,recall@1000,ndcg@10,map"
 
@@ -42,8 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics", nargs="+", default=[DEFAULT_DRIVER_METRICS],
         help=f"comma- or space-separated (default {DEFAULT_DRIVER_METRICS})",
     )
-    parser.add_argument("--per_query", action="store_true", help="also print 'metric qid value' for every judged query")
+    parser.add_argument(
+        "--per_query", nargs="?", const=True, default=None, metavar="PATH",
+        help="also print 'metric qid value' for every judged query; with PATH, write them there (TSV) instead",
+    )
     parser.add_argument("--output", default=None, help="write the results as JSON to this file")
+    parser.add_argument(
+        "--baseline", default=None, metavar="NAME",
+        help="compare every other run with the run NAME (paired randomization and t-tests, win/tie/loss)",
+    )
+    parser.add_argument(
+        "--permutations", type=int, default=DEFAULT_PERMUTATIONS,
+        help="random sign assignments of the randomization test (exact when 2**queries is not more)",
+    )
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the randomization test")
     add_log_level_argument(parser)
     return parser
 
@@ -79,7 +97,8 @@ def parse_run_names(specs: Sequence[str]) -> dict[str, str]:
     return named
 
 
-def evaluate_one(qrels, run_path: str, metrics, per_query_output: bool) -> dict:
+def evaluate_one(qrels, run_path: str, metrics) -> tuple[dict, dict]:
+    """The summary of one run (means and counts) and its ``{metric: {qid: value}}``."""
     run = load_run(run_path)
     per_query = evaluate(qrels, run, metrics, per_query=True)
     judged_qids = next(iter(per_query.values())).keys()
@@ -90,9 +109,17 @@ def evaluate_one(qrels, run_path: str, metrics, per_query_output: bool) -> dict:
         "num_judged_missing_from_run": sum(1 for qid in judged_qids if qid not in run),
         "metrics": mean_over_queries(per_query),
     }
-    if per_query_output:
-        summary["per_query"] = per_query
-    return summary
+    return summary, per_query
+
+
+def write_per_query(path: str, per_query: dict[str, dict[str, dict[str, float]]]) -> None:
+    """``run metric qid value`` lines (TSV, a header first) of every run, values as Python prints floats (exact)."""
+    with atomic_output(path) as handle:
+        handle.write("run\tmetric\tqid\tvalue\n")
+        for name, by_metric in per_query.items():
+            for metric, values in by_metric.items():
+                for qid, value in values.items():
+                    handle.write(f"{name}\t{metric}\t{qid}\t{value!r}\n")
 
 
 @main_wrapper
@@ -101,13 +128,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging(0, args.log_level)
     metrics = parse_metrics(",".join(args.metrics))  # before reading anything: a typo fails fast
     runs = parse_run_names(args.run)
+    if args.baseline is not None:
+        if args.baseline not in runs:
+            raise UsageError(f"--baseline {args.baseline!r} is not one of the runs ({', '.join(runs)}); name them NAME=PATH")
+        if len(runs) < 2:
+            raise UsageError("--baseline needs at least one other --run to compare with it")
+        if args.permutations < 1:
+            raise UsageError(f"--permutations must be at least 1, got {args.permutations}")
     qrels = load_qrels(args.qrels)
-    summaries = {name: evaluate_one(qrels, path, metrics, args.per_query) for name, path in runs.items()}
-    for name, summary in summaries.items():
-        prefix = f"{name}\t" if len(runs) > 1 else ""
-        for metric, values in summary.get("per_query", {}).items():
-            for qid, value in values.items():
-                print(f"{prefix}{metric}\t{qid}\t{value:.4f}")
+    summaries, per_query = {}, {}
+    for name, path in runs.items():
+        summaries[name], per_query[name] = evaluate_one(qrels, path, metrics)
+    if args.per_query is True:
+        for name, by_metric in per_query.items():
+            prefix = f"{name}\t" if len(runs) > 1 else ""
+            for metric, values in by_metric.items():
+                for qid, value in values.items():
+                    print(f"{prefix}{metric}\t{qid}\t{value:.4f}")
     num_judged = next(iter(summaries.values()))["num_judged_queries"]
     if len(runs) == 1:
         summary = next(iter(summaries.values()))
@@ -120,8 +157,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name, summary in summaries.items():
         if summary["num_judged_missing_from_run"]:
             print(f"({name}: {summary['num_judged_missing_from_run']} judged queries are missing from the run and score 0)")
+    comparisons = None
+    if args.baseline is not None:
+        comparisons = compare_to_baseline(per_query, args.baseline, args.permutations, args.seed)
+        print()
+        print(format_comparisons(comparisons, args.baseline, num_judged, args.permutations, args.seed))
+    if args.per_query not in (None, True):
+        write_per_query(args.per_query, per_query)
     if args.output:
+        if args.per_query is not None:
+            for name, summary in summaries.items():
+                summary["per_query"] = per_query[name]
         payload = next(iter(summaries.values())) if len(runs) == 1 else {"runs": summaries}
+        if comparisons is not None:
+            payload["significance"] = {
+                "baseline": args.baseline, "permutations": args.permutations, "seed": args.seed,
+                "comparisons": [c.to_dict() for c in comparisons],
+            }
         write_json_atomic(args.output, {"qrels": args.qrels, **payload})
     return 0
 

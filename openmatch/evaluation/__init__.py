@@ -1,5 +1,6 @@
 """Ranking evaluation: trec_eval's measures (Recall@k, nDCG@k, MAP, Precision@k, uncut MRR) computed by
-pytrec_eval, and MRR@k with the official MS MARCO semantics; means as ``trec_eval -c``."""
+pytrec_eval, and MRR@k with the official MS MARCO semantics; means as ``trec_eval -c``; paired significance
+tests between runs (:mod:`.significance`) and run fusion (:mod:`.fusion`)."""
 
 from .metrics import (
     DEFAULT_METRICS,
@@ -12,6 +13,8 @@ from .metrics import (
     parse_metrics,
     rank_scores,
 )
+from .fusion import interpolate, reciprocal_rank_fusion
+from .significance import compare_to_baseline, holm, randomization_test, t_test, win_tie_loss
 
 __all__ = [
     "DEFAULT_METRICS",
@@ -23,4 +26,11 @@ __all__ = [
     "parse_metric",
     "parse_metrics",
     "rank_scores",
+    "interpolate",
+    "reciprocal_rank_fusion",
+    "compare_to_baseline",
+    "holm",
+    "randomization_test",
+    "t_test",
+    "win_tie_loss",
 ]
