@@ -27,6 +27,8 @@ COMMANDS = {
     "evaluate": "openmatch.driver.evaluate",
     "build_train": "openmatch.driver.build_train",
     "build_hn": "openmatch.driver.build_hn",
+    "bm25": "openmatch.driver.bm25",
+    "fuse": "openmatch.driver.fuse",
 }
 
 
