@@ -8,8 +8,10 @@
     hits = api.search("index/", q, ["q1"], depth=10)          # {"q1": [(pid, score), ...]}
     hits = api.retrieve(model, tokenizer, "queries.tsv", "index/", template="<text>", column_names="id,text")
     api.evaluate_run("qrels.tsv", "run.trec", ["mrr@10"])
+    bm25 = api.bm25_index("corpus.tsv", column_names="id,title,text", template="<title> <text>")
+    hits = api.bm25_search(bm25, "queries.tsv", depth=100, template="<text>", column_names="id,text")
 
-The drivers ``build_index`` and ``retrieve`` are thin compositions of these functions.
+The drivers ``build_index``, ``retrieve`` and ``bm25`` are thin compositions of these functions.
 """
 
 from __future__ import annotations
@@ -176,6 +178,51 @@ def retrieve(
     )
     logger.info("encoded %d queries; searching %d passages (%s)", len(qids), index.total, options.faiss_index)
     return search_index(index, q_reps, qids, options)
+
+
+def bm25_index(
+    corpus_path: str | os.PathLike,
+    output_dir: Optional[str | os.PathLike] = None,
+    *,
+    options=None,
+    overwrite: bool = False,
+    **fields,
+):
+    """A BM25 index (:class:`openmatch.retriever.bm25.BM25Index`) of a TSV/JSONL corpus.
+
+    Options are :class:`openmatch.retriever.bm25.BM25Options` fields as keywords (``k1``, ``b``, ``method``,
+    ``stemmer``, ``stopwords``, and for the passages ``template``, ``column_names``) or ``options=`` a whole
+    ``BM25Options``. Without ``output_dir`` the index lives in memory only; with it, the folder's index is
+    reused when it has the same corpus and settings, else built and saved there (as the ``bm25`` command does;
+    an index of other settings is refused unless ``overwrite``).
+    """
+    from .retriever.bm25 import BM25Index, BM25Options, open_index
+
+    if options is None:
+        options = BM25Options(**fields)
+    elif fields:
+        raise TypeError("bm25_index takes options=BM25Options(...) or its fields as keywords, not both")
+    if output_dir is None:
+        return BM25Index.build(corpus_path, options)
+    return open_index(output_dir, corpus_path, options, overwrite=overwrite)
+
+
+def bm25_search(
+    index,
+    queries,
+    depth: int = 100,
+    template: Optional[str] = None,
+    column_names: Optional[str] = None,
+) -> dict[str, list[tuple[str, float]]]:
+    """``{qid: [(pid, score), ...]}`` best first (ties by passage id descending) of BM25 over ``index`` — a
+    :func:`bm25_index` result or a folder the ``bm25`` command wrote — for the queries of a TSV/JSONL file
+    (``template``, ``column_names`` as for ``retrieve``) or a ``{qid: text}`` mapping. Only passages sharing
+    a token with the query are listed, at most ``depth``."""
+    from .retriever.bm25 import BM25Index, search_queries
+
+    if not isinstance(index, BM25Index):
+        index = BM25Index.load(index)
+    return search_queries(index, queries, depth, template=template, column_names=column_names)
 
 
 def evaluate_run(qrels_path, run_path, metrics: Sequence[str] = ("mrr@10", "recall@100", "ndcg@10", "map")) -> dict:

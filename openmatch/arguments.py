@@ -212,6 +212,46 @@ class SearchArguments:
     )
 
 
+@dataclass
+class BM25Arguments:
+    """Flags of ``openmatch.driver.bm25`` besides the data flags (tokens and scores: :mod:`openmatch.retriever.bm25`)."""
+
+    output_dir: str = field(
+        metadata={"help": "folder of the BM25 index; a rerun with the same corpus and settings reuses it"}
+    )
+    trec_save_path: Optional[str] = field(default=None, metadata={"help": "where to write the TREC run of --query_path"})
+    retrieve_depth: int = field(default=100, metadata={"help": "passages retrieved per query"})
+    run_id: str = field(default="BM25", metadata={"help": "last column of the TREC run"})
+    k1: float = field(default=0.9, metadata={"help": "BM25 term-frequency saturation"})
+    b: float = field(default=0.4, metadata={"help": "BM25 length normalisation, in [0, 1]"})
+    method: str = field(
+        default="lucene",
+        metadata={"help": "bm25s's BM25 variant", "choices": ["lucene", "robertson", "atire", "bm25l", "bm25+"]},
+    )
+    stemmer: str = field(
+        default="english",
+        metadata={"help": "PyStemmer's Snowball English stemmer, the Porter stemmer, or none",
+                  "choices": ["english", "porter", "none"]},
+    )
+    stopwords: str = field(
+        default="en", metadata={"help": "remove English stopwords (bm25s's list) or none", "choices": ["en", "none"]}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "rebuild the index even if --output_dir holds one of other settings"}
+    )
+    log_level: str = field(
+        default="passive",
+        metadata={"help": "openmatch's messages from this level up (passive: info)",
+                  "choices": ["debug", "info", "warning", "error", "critical", "passive"]},
+    )
+
+    def __post_init__(self):
+        if self.retrieve_depth < 1:
+            raise UsageError(f"--retrieve_depth must be positive, got {self.retrieve_depth}")
+        if not self.run_id or any(ch.isspace() for ch in self.run_id):
+            raise UsageError(f"--run_id must be one word (no white space), got {self.run_id!r}")
+
+
 def parse_args(dataclass_types: Sequence[type], args: Optional[Sequence[str]] = None) -> tuple:
     """Parse flags (or a single ``.json`` file) into the given dataclasses.
 
