@@ -161,6 +161,14 @@ class DRTrainingArguments(OpenMatchTrainingArguments):
     eval_retrieval_k: str = field(
         default="10,100", metadata={"help": "cut-offs for validation MRR/Recall (first one is used for MRR)"}
     )
+    mask_false_negatives: bool = field(
+        default=True,
+        metadata={
+            "help": "leave a passage of the batch out of a query's negatives when it is one of that query's positives "
+            "(a positive shared with another query, a repeated passage); --no_mask_false_negatives counts it as a "
+            "negative, as OpenMatch did"
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()

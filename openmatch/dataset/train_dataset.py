@@ -17,16 +17,23 @@ Passage choice is a pure function of ``(seed, epoch, example index)``, so a resu
   the first ``n - 1`` negatives in file order are taken every epoch (OpenMatch's behaviour);
 - an example with fewer negatives than ``n - 1`` draws them with replacement (logged once per dataset);
   an example with no negatives at all when ``n > 1`` is a ``DataFormatError``.
+
+Passage identity, for the loss's false-negative mask: each item also carries the keys (:func:`passage_key`)
+of ALL its example's positives, and the collator adds the key of every passage of the batch, so the loss
+can tell when a passage of the batch is one of a query's positives (a positive shared by two queries, a
+repeated passage, another of the query's own positives) and not count it as that query's negative.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
 import os
 from typing import Optional, Sequence
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from ..errors import InputError, MissingInputError, UsageError
@@ -52,6 +59,16 @@ def resolve_train_files(train_path: Optional[str] = None, train_dir: Optional[st
     return files
 
 
+def passage_key(token_ids: Sequence[int]) -> int:
+    """A 64-bit key of a passage's model input (its token ids as the model sees them): equal inputs, equal keys.
+
+    Two different passages share a key with probability about ``2**-64`` per pair (blake2b); passages that
+    are equal after truncation share it by design, as the model cannot tell them apart.
+    """
+    digest = hashlib.blake2b(np.asarray(token_ids, dtype=np.int64).tobytes(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
 def _check_ids(value, path: str, line: int, what: str) -> list[int]:
     if not isinstance(value, list) or not value:
         raise DataFormatError(path, line, f"{what} must be a non-empty list of token ids")
@@ -63,8 +80,9 @@ def _check_ids(value, path: str, line: int, what: str) -> list[int]:
 class TrainDataset(Dataset):
     """Map-style training set over one or more JSONL files (see the module docstring for the sampling).
 
-    ``dataset[i]`` is ``{"query": [ids], "passages": [[ids] * train_n_passages]}`` with special tokens added
-    and truncated to ``q_max_len`` / ``p_max_len``; the first passage is the positive.
+    ``dataset[i]`` is ``{"query": [ids], "passages": [[ids] * train_n_passages], "positive_keys": [key, ...]}``
+    with special tokens added and truncated to ``q_max_len`` / ``p_max_len``; the first passage is the positive,
+    and ``positive_keys`` are the :func:`passage_key` of every positive of the example (wrapped the same way).
     """
 
     def __init__(
@@ -237,6 +255,7 @@ class TrainDataset(Dataset):
         return {
             "query": wrap(record["query"], self.q_max_len),
             "passages": [wrap(p, self.p_max_len) for p in passages],
+            "positive_keys": [passage_key(wrap(p, self.p_max_len)) for p in record["positives"]],
         }
 
 
@@ -244,7 +263,10 @@ class TrainCollator:
     """Batch ``TrainDataset`` items: ``{"query": {input_ids, attention_mask}, "passage": {...}}``.
 
     Passages are flattened query by query (query ``i``'s positive is row ``i * n``). Padding is to the
-    longest sequence of the batch, not to max length: the same math with less compute.
+    longest sequence of the batch, not to max length: the same math with less compute. When the items carry
+    ``positive_keys``, the batch also holds ``passage_keys`` (LongTensor ``[B * n]``, the :func:`passage_key`
+    of each passage row) and ``positive_keys`` (LongTensor ``[B, k]``, each query's positives' keys, a short
+    row padded by repeating its first key), from which the loss masks in-batch false negatives.
     """
 
     def __init__(self, pad_id: int, pad_to_multiple_of: Optional[int] = None):
@@ -261,7 +283,15 @@ class TrainCollator:
             raise ValueError(f"every example must bring the same number of passages, got {sorted(sizes)}")
         queries = [item["query"] for item in items]
         passages = [p for item in items for p in item["passages"]]
-        return {
+        batch = {
             "query": pad_batch(queries, self.pad_id, self.pad_to_multiple_of),
             "passage": pad_batch(passages, self.pad_id, self.pad_to_multiple_of),
         }
+        if items and all(item.get("positive_keys") for item in items):
+            width = max(len(item["positive_keys"]) for item in items)
+            batch["passage_keys"] = torch.tensor([passage_key(p) for p in passages], dtype=torch.long)
+            batch["positive_keys"] = torch.tensor(
+                [keys + [keys[0]] * (width - len(keys)) for keys in (list(item["positive_keys"]) for item in items)],
+                dtype=torch.long,
+            )
+        return batch

@@ -18,6 +18,8 @@ _EXPORTS = {
     "LinearHead": ".dr_model",
     "load_model_and_tokenizer": ".checkpoint",
     "ContrastiveLoss": ".loss",
+    "false_negative_mask": ".loss",
+    "batch_false_negative_mask": ".loss",
     "gather_with_grad": "..distributed",
 }
 
@@ -28,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .checkpoint import load_model_and_tokenizer
     from .config import DRModelConfig, TrainingSettings
     from .dr_model import DRModel, DROutput, LinearHead
-    from .loss import ContrastiveLoss
+    from .loss import ContrastiveLoss, batch_false_negative_mask, false_negative_mask
 
 
 def __getattr__(name: str):

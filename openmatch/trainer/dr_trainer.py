@@ -20,7 +20,7 @@ from transformers.training_args import ParallelMode
 
 from ..distributed import gather_with_grad
 from ..errors import InputError, UsageError
-from ..modeling import ContrastiveLoss, DRModel
+from ..modeling import ContrastiveLoss, DRModel, batch_false_negative_mask
 from ..modeling.checkpoint import CONFIG_NAME
 from ..utils import dataclasses_to_dict, write_json_atomic
 from .gradcache import GradCache
@@ -87,15 +87,25 @@ class DRTrainer(Trainer):
         # averages over ranks, which this factor undoes.
         return self.args.world_size if self.args.negatives_x_device else 1
 
-    def _contrastive_loss(self, q_reps: torch.Tensor, p_reps: torch.Tensor) -> torch.Tensor:
+    def _contrastive_loss(self, q_reps: torch.Tensor, p_reps: torch.Tensor, passage_keys=None,
+                          positive_keys=None) -> torch.Tensor:
+        """The loss of this rank's reps (gathered from every rank with --negatives_x_device), each query's other
+        positives masked out of its negatives unless --no_mask_false_negatives."""
+        mask = None
+        if self.args.mask_false_negatives and passage_keys is not None and positive_keys is not None:
+            mask = batch_false_negative_mask(passage_keys, positive_keys, across_ranks=self.args.negatives_x_device)
         if self.args.negatives_x_device:
             q_reps, p_reps = gather_with_grad(q_reps), gather_with_grad(p_reps)
-        return self.loss_fn(q_reps, p_reps)
+        return self.loss_fn(q_reps, p_reps, mask)
+
+    @staticmethod
+    def _keys(inputs) -> dict:
+        return {name: inputs[name] for name in ("passage_keys", "positive_keys") if name in inputs}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The contrastive loss of a batch (the true loss: the cross-device factor is applied at backward)."""
         out = model(query=inputs["query"], passage=inputs["passage"])
-        loss = self._contrastive_loss(out.q_reps, out.p_reps)
+        loss = self._contrastive_loss(out.q_reps, out.p_reps, **self._keys(inputs))
         return (loss, out) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -106,7 +116,8 @@ class DRTrainer(Trainer):
         inputs = self._prepare_inputs(inputs)
         scale = 1.0 / self.current_gradient_accumulation_steps
         if self.grad_cache is not None:
-            loss = self.grad_cache(model, inputs["query"], inputs["passage"], loss_scale=scale * self._loss_factor)
+            loss = self.grad_cache(model, inputs["query"], inputs["passage"], loss_scale=scale * self._loss_factor,
+                                   **self._keys(inputs))
         else:
             with self.compute_loss_context_manager():
                 loss = self.compute_loss(model, inputs)

@@ -91,10 +91,11 @@ class GradCache:
         return calls
 
     def __call__(self, model: torch.nn.Module, query: dict, passage: dict, loss_scale: float = 1.0,
-                 check_replay: bool = False) -> Tensor:
+                 check_replay: bool = False, **loss_inputs) -> Tensor:
         """Accumulate the gradients of ``loss_scale * loss_fn`` into ``model``; return the unscaled loss.
 
-        ``check_replay`` asserts that the re-forward reproduces phase 1's representations (tests).
+        ``check_replay`` asserts that the re-forward reproduces phase 1's representations (tests);
+        ``loss_inputs`` (the batch's passage keys) go to ``loss_fn`` as they are.
         """
         calls = self._calls(query, passage)
         states, q_parts, p_parts = [], [], []
@@ -109,7 +110,7 @@ class GradCache:
                     p_parts.append(out.p_reps.detach().float())
         q_reps = torch.cat(q_parts).requires_grad_()
         p_reps = torch.cat(p_parts).requires_grad_()
-        loss = self.loss_fn(q_reps, p_reps)
+        loss = self.loss_fn(q_reps, p_reps, **loss_inputs)
         (loss * loss_scale).backward()
         q_grads = q_reps.grad.split([part.size(0) for part in q_parts])
         p_grads = p_reps.grad.split([part.size(0) for part in p_parts])

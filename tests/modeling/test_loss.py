@@ -1,5 +1,6 @@
-"""ContrastiveLoss against a hand-written loop; gather_with_grad and the other distributed helpers with two gloo
-processes."""
+"""ContrastiveLoss against a hand-written loop; the false-negative mask (a query's other positives are not its
+negatives) against the loss without those columns, from a training file's batch and across two gloo processes;
+gather_with_grad and the other distributed helpers with two gloo processes."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 import torch.multiprocessing as mp
 
 from openmatch.distributed import dist_context, gather_with_grad, init_distributed, teardown_distributed
 from openmatch.modeling import ContrastiveLoss
+from openmatch.modeling.loss import batch_false_negative_mask, false_negative_mask
 from tests import free_port
 
 
@@ -85,6 +88,102 @@ def test_bad_shapes_are_clear_errors():
         loss(torch.randn(0, 4), torch.randn(0, 4))
     with pytest.raises(ValueError, match="temperature"):
         ContrastiveLoss(0.0)
+
+
+# ---------------------------------------------------------------- in-batch false negatives
+
+# Three queries, two passages each (positive first). Keys name the passages: query 0's positive A comes back
+# as query 2's negative (row 5); query 1's positive B is repeated as its own negative (row 3); N1, query 0's
+# negative, is also one of query 2's positives; X, a positive of query 1, is not in the batch.
+A, N1, B, C, X = 11, 12, 13, 14, 15
+PASSAGE_KEYS = torch.tensor([A, N1, B, B, C, A])
+POSITIVE_KEYS = torch.tensor([[A, A], [B, X], [C, N1]])  # query 0 has one positive: its row is padded with it
+MASKED = {0: [5], 1: [3], 2: [1]}  # query -> columns that are its positives but not its target
+
+
+def loss_without_columns(q, p, temperature, removed):
+    """Mean over queries of -log softmax at the positive, each query's softmax over the columns it keeps."""
+    n = p.size(0) // q.size(0)
+    total = 0.0
+    for i in range(q.size(0)):
+        keep = [j for j in range(p.size(0)) if j not in removed.get(i, [])]
+        scores = q[i] @ p[keep].T / temperature
+        total = total + torch.logsumexp(scores, 0) - scores[keep.index(i * n)]
+    return total / q.size(0)
+
+
+def test_false_negative_mask_marks_each_querys_positives():
+    mask = false_negative_mask(PASSAGE_KEYS, POSITIVE_KEYS)
+    want = torch.zeros(3, 6, dtype=torch.bool)
+    for i, columns in MASKED.items():
+        want[i, columns + [2 * i]] = True  # the target column too: the loss keeps that one
+    assert torch.equal(mask, want)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.05])
+def test_masked_loss_and_gradients_equal_the_loss_without_those_columns(temperature):
+    g = torch.Generator().manual_seed(4)
+    # Unit vectors, as the recipe's normalised reps: at temperature 0.05 no single column swamps the softmax.
+    q = F.normalize(torch.randn(3, 5, generator=g, dtype=torch.float64), dim=1).requires_grad_(True)
+    p = F.normalize(torch.randn(6, 5, generator=g, dtype=torch.float64), dim=1)
+    p = torch.cat([p[:3], p[2:3], p[4:5], p[0:1]]).detach().requires_grad_(True)  # rows 3 and 5 repeat 2 and 0
+    loss_fn = ContrastiveLoss(temperature)
+    masked = loss_fn(q, p, false_negative_mask(PASSAGE_KEYS, POSITIVE_KEYS))
+    want = loss_without_columns(q, p, temperature, MASKED)
+    assert masked.item() == pytest.approx(want.item(), rel=1e-12)
+    assert abs(masked.item() - loss_fn(q, p).item()) > 1e-3  # the masked columns mattered
+    gq, gp = torch.autograd.grad(masked, (q, p))
+    wq, wp = torch.autograd.grad(want, (q, p))
+    torch.testing.assert_close(gq, wq)
+    torch.testing.assert_close(gp, wp)
+    # An all-False mask is no mask.
+    assert loss_fn(q, p, torch.zeros(3, 6, dtype=torch.bool)).item() == loss_fn(q, p).item()
+
+
+def test_the_target_column_is_never_masked():
+    g = torch.Generator().manual_seed(5)
+    q, p = torch.randn(2, 4, generator=g), torch.randn(4, 4, generator=g)
+    everything = torch.ones(2, 4, dtype=torch.bool)
+    # Only the target survives each softmax: -log 1 = 0, not NaN.
+    assert ContrastiveLoss()(q, p, everything).item() == 0.0
+
+
+def test_bad_masks_are_clear_errors():
+    q, p = torch.randn(2, 4), torch.randn(4, 4)
+    with pytest.raises(ValueError, match="bool"):
+        ContrastiveLoss()(q, p, torch.zeros(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="bool"):
+        ContrastiveLoss()(q, p, torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="positive_keys"):
+        false_negative_mask(torch.zeros(4, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+
+
+def test_a_training_files_batch_carries_the_keys_of_shared_and_repeated_positives(tmp_path, tiny_bert):
+    """From a JSONL to the mask: two queries with the same positive, a query whose negatives repeat another
+    query's positive, a query with two positives."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from openmatch.dataset.train_dataset import TrainCollator, TrainDataset
+
+    P, Q, R, S, T = [10, 11], [20, 21], [30, 31], [40, 41], [50, 51]
+    records = [
+        {"query": [1], "positives": [P], "negatives": [R]},
+        {"query": [2], "positives": [P], "negatives": [S]},       # shares its positive with query 0
+        {"query": [3], "positives": [Q, T], "negatives": [P]},    # P is a negative here, T another positive
+        {"query": [4], "positives": [R], "negatives": [T]},       # R is query 0's negative; T query 2's positive
+    ]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    dataset = TrainDataset([str(path)], AutoTokenizer.from_pretrained(tiny_bert), train_n_passages=2,
+                           positive_passage_no_shuffle=True, show_progress=False)
+    batch = TrainCollator(pad_id=0)([dataset[i] for i in range(4)])
+    assert batch["passage_keys"].shape == (8,) and batch["positive_keys"].shape == (4, 2)
+    mask = false_negative_mask(batch["passage_keys"], batch["positive_keys"])
+    rows = {i: torch.nonzero(mask[i]).flatten().tolist() for i in range(4)}
+    # Passage rows: 0 P, 1 R | 2 P, 3 S | 4 Q, 5 P | 6 R, 7 T.
+    assert rows == {0: [0, 2, 5], 1: [0, 2, 5], 2: [4, 7], 3: [1, 6]}
 
 
 def test_gather_is_identity_without_distributed():
@@ -163,6 +262,24 @@ def _check_gather(rank: int, rows: list[int], n: int):
     full[start : start + rows[rank]] = gq
     dist.all_reduce(full)
     torch.testing.assert_close(full, rq)
+
+    # The false-negative mask across ranks: each rank's queries against every rank's passages, rows gathered,
+    # although ranks hold different numbers of positives per query; it equals one process's mask and loss.
+    keys_all = torch.arange(p_all.size(0)) % 5  # repeated passages, some of them positives of other queries
+    positives_all = [[int(keys_all[i * n]), int(keys_all[(i * n + 1) % len(keys_all)])] for i in range(sum(rows))]
+    width = 1 + rank  # rank 1 pads its rows wider: the gather must not depend on it
+    local_positives = torch.tensor([row[:1] + [row[1]] * width for row in positives_all[start : start + rows[rank]]])
+    mask = batch_false_negative_mask(keys_all[start * n : (start + rows[rank]) * n], local_positives, across_ranks=True)
+    want_mask = false_negative_mask(keys_all, torch.tensor(positives_all))
+    assert torch.equal(mask, want_mask) and mask.sum() > want_mask.size(0)
+    loss = ContrastiveLoss(0.5)(gather_with_grad(q_local), gather_with_grad(p_local), mask)
+    gq, gp = torch.autograd.grad(loss, (q_local, p_local))
+    q_ref, p_ref = q_all.clone().requires_grad_(True), p_all.clone().requires_grad_(True)
+    ref_loss = ContrastiveLoss(0.5)(q_ref, p_ref, want_mask)
+    rq, rp = torch.autograd.grad(ref_loss, (q_ref, p_ref))
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-12)
+    torch.testing.assert_close(gq, rq[start : start + rows[rank]])
+    torch.testing.assert_close(gp, rp[start * n : (start + rows[rank]) * n])
 
 
 def test_gather_with_grad_two_processes():

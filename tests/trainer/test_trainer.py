@@ -83,29 +83,48 @@ def grads(model):
     return {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-def naive_loss(q, p, temperature=1.0):
+def naive_loss(q, p, temperature=1.0, removed=None):
+    """The contrastive loss written out; ``removed[i]``: columns left out of query ``i``'s softmax."""
     n = p.size(0) // q.size(0)
     total = 0.0
     for i in range(q.size(0)):
-        scores = [float(q[i] @ p[j]) / temperature for j in range(p.size(0))]
+        skip = (removed or {}).get(i, [])
+        scores = [float(q[i] @ p[j]) / temperature if j not in skip else -math.inf for j in range(p.size(0))]
         top = max(scores)
         log_z = top + math.log(sum(math.exp(s - top) for s in scores))
         total += log_z - scores[i * n]
     return total / q.size(0)
 
 
+def in_batch_positives(dataset, indices, batch) -> dict[int, list[int]]:
+    """Query -> passage rows of the batch that hold one of its positives (by token ids), its target left out."""
+    ids, attention = batch["passage"]["input_ids"], batch["passage"]["attention_mask"].bool()
+    rows = [ids[r][attention[r]].tolist() for r in range(ids.size(0))]
+    n = len(rows) // len(indices)
+    removed = {}
+    for i, index in enumerate(indices):
+        positives = [dataset.layout.wrap(p, dataset.p_max_len) for p in dataset.raw(index)["positives"]]
+        removed[i] = [j for j, row in enumerate(rows) if j != i * n and row in positives]
+    return removed
+
+
+@pytest.mark.parametrize("mask", [True, False])
 @pytest.mark.parametrize("temperature", ["1", "0.5"])
-def test_loss_and_gradients_through_trainer_match_manual_encodings(tmp_path, tiny_bert, bert_task, temperature):
+def test_loss_and_gradients_through_trainer_match_manual_encodings(tmp_path, tiny_bert, bert_task, temperature, mask):
     model_dir = no_dropout(tiny_bert, tmp_path)
     trainer = make_trainer(tmp_path / "out", model_dir, bert_task[0], "--temperature", temperature,
-                           "--gradient_accumulation_steps", "2")
+                           "--gradient_accumulation_steps", "2", *([] if mask else ["--no_mask_false_negatives"]))
     model = trainer.model
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(5)])
+    # The synthetic task's negatives are other examples' positives: this batch holds some of its queries'
+    # positives as other queries' negatives, which the default loss leaves out of those queries' softmax.
+    removed = in_batch_positives(trainer.train_dataset, range(5), batch) if mask else {}
+    assert not mask or sum(map(len, removed.values())) > 0
     with torch.no_grad():
         q, p = model.encode_query(batch["query"]), model.encode_passage(batch["passage"])
         loss = trainer.compute_loss(model, batch)
     assert p.size(0) == 20
-    assert loss.item() == pytest.approx(naive_loss(q, p, float(temperature)), rel=1e-5)
+    assert loss.item() == pytest.approx(naive_loss(q, p, float(temperature), removed), rel=1e-5)
 
     # training_step back-propagates loss / accumulation steps and returns that value
     trainer.current_gradient_accumulation_steps = 2
@@ -115,6 +134,8 @@ def test_loss_and_gradients_through_trainer_match_manual_encodings(tmp_path, tin
     model.zero_grad()
     q, p = model.encode_query(batch["query"]), model.encode_passage(batch["passage"])
     scores = q @ p.T / float(temperature)
+    for i, columns in removed.items():
+        scores[i, columns] = -math.inf
     reference = torch.nn.functional.cross_entropy(scores, torch.arange(5) * 4) / 2
     reference.backward()
     assert returned.item() == pytest.approx(reference.item(), rel=1e-5)
