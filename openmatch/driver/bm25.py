@@ -17,12 +17,13 @@ broken by passage id descending, as trec_eval orders them. Tokens, scores and th
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
 from ..arguments import BM25Arguments, DataArguments
 from ..cli import main_wrapper, parse_args
-from ..errors import UsageError
+from ..errors import MissingInputError, UsageError
 from ..utils import setup_logging
 
 logger = logging.getLogger("openmatch.bm25")
@@ -39,6 +40,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise UsageError("--corpus_path is required: the passages to index (TSV/JSONL, optionally .gz)")
     if bool(data_args.query_path) != bool(bm25_args.trec_save_path):
         raise UsageError("give --query_path and --trec_save_path together: the queries to search and where to write their run")
+    if data_args.query_path and not os.path.exists(data_args.query_path):  # before minutes of indexing
+        raise MissingInputError(f"{data_args.query_path}: no such file (--query_path)")
     from ..dataset.qrels import write_trec_run
     from ..retriever.bm25 import BM25Options, open_index, search_queries
 

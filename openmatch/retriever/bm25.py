@@ -45,6 +45,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Mapping, Optional, Sequence
 
@@ -54,7 +55,7 @@ from ..dataset.inference_dataset import DEFAULT_TEMPLATE, resolve_template
 from ..dataset.readers import iter_id_records, no_records, parse_column_names
 from ..dataset.records import check_unique
 from ..dataset.template import Template
-from ..errors import DependencyError, InputError, MissingInputError, UsageError
+from ..errors import DependencyError, InputError, MissingInputError, OpenMatchWarning, UsageError
 from ..utils import atomic_output, write_json_atomic
 from .index import IndexFolderError, file_fingerprint
 
@@ -304,7 +305,8 @@ def open_index(output_dir: str | os.PathLike, corpus_path: str | os.PathLike, op
         if not missing:
             logger.info("reusing the BM25 index in %s (same corpus and settings)", output_dir)
             return BM25Index.load(output_dir)
-        logger.warning("%s: the BM25 index lacks %s; building it again", output_dir, ", ".join(missing))
+        warnings.warn(f"{output_dir}: the BM25 index lacks {', '.join(missing)}; building it again", OpenMatchWarning,
+                      stacklevel=2)
     index = BM25Index.build(corpus_path, options)
     index.save(output_dir)
     logger.info("saved the BM25 index to %s", output_dir)
