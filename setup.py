@@ -22,6 +22,8 @@ setup(
         "safetensors>=0.4",
         # trec_eval's C code: the evaluation measures are computed by it, not re-implemented.
         "pytrec-eval-terrier>=0.5.6",
+        # evaluate --baseline: the paired t-test (scipy.stats.ttest_rel).
+        "scipy>=1.9",
     ],
     # One command per driver and script; `python -m openmatch.driver.X` and `python scripts/msmarco/X.py` run the same
     # functions.
@@ -33,6 +35,8 @@ setup(
             "openmatch-evaluate = openmatch.driver.evaluate:main",
             "openmatch-build-train = openmatch.driver.build_train:main",
             "openmatch-build-hn = openmatch.driver.build_hn:main",
+            "openmatch-bm25 = openmatch.driver.bm25:main",
+            "openmatch-fuse = openmatch.driver.fuse:main",
         ],
     },
     extras_require={
@@ -40,7 +44,9 @@ setup(
         # backend is an extra and exactly one is chosen (scripts/setup.sh picks cpu unless a faiss is present).
         "cpu": ["faiss-cpu>=1.8"],
         "gpu": ["faiss-gpu>=1.8"],
-        "test": ["pytest>=8", "ir-measures>=0.3"],
-        "dev": ["pytest>=8", "ir-measures>=0.3"],
+        # The bm25 command and api.bm25_index: BM25 in pure Python (bm25s) with Snowball/Porter stemming.
+        "bm25": ["bm25s>=0.2", "PyStemmer>=2.2"],
+        "test": ["pytest>=8", "ir-measures>=0.3", "bm25s>=0.2", "PyStemmer>=2.2"],
+        "dev": ["pytest>=8", "ir-measures>=0.3", "bm25s>=0.2", "PyStemmer>=2.2"],
     },
 )

@@ -119,6 +119,7 @@ def parser_table(parser: argparse.ArgumentParser) -> list[str]:
 
 def generate() -> str:
     from openmatch.arguments import (
+        BM25Arguments,
         DataArguments,
         DRTrainingArguments,
         IndexArguments,
@@ -127,7 +128,7 @@ def generate() -> str:
         OpenMatchTrainingArguments,
         SearchArguments,
     )
-    from openmatch.driver import build_index, evaluate, retrieve, train_dr
+    from openmatch.driver import bm25, build_index, evaluate, fuse, retrieve, train_dr
 
     hf_fields = {f.name: f for f in dataclasses.fields(DRTrainingArguments)}
     out = [
@@ -143,11 +144,12 @@ def generate() -> str:
         "| command | argument classes (in order) |",
         "|---|---|",
     ]
-    for name, module in (("train_dr", train_dr), ("build_index", build_index), ("retrieve", retrieve)):
+    for name, module in (("train_dr", train_dr), ("build_index", build_index), ("retrieve", retrieve), ("bm25", bm25)):
         classes = ", ".join(f"[`{c.__name__}`](#{c.__name__.lower()})" for c in module.ARGUMENT_CLASSES)
         out.append(f"| `python -m openmatch.driver.{name}` | {classes} |")
     out += [
         "| `python -m openmatch.driver.evaluate` | argparse, [below](#python--m-openmatchdriverevaluate) |",
+        "| `python -m openmatch.driver.fuse` | argparse, [below](#python--m-openmatchdriverfuse) |",
         "",
         "## ModelArguments",
         "",
@@ -159,7 +161,8 @@ def generate() -> str:
         "",
         "## DataArguments",
         "",
-        _cell(DataArguments.__doc__.strip()) + " Used by `train_dr`, `build_index` and `retrieve`.",
+        _cell(DataArguments.__doc__.strip()) + " Used by `train_dr`, `build_index` and `retrieve`; `bm25` reads "
+        "the corpus and query flags.",
         "",
         *dataclass_table(DataArguments),
         "",
@@ -203,9 +206,19 @@ def generate() -> str:
         "",
         *dataclass_table(SearchArguments),
         "",
+        "## BM25Arguments",
+        "",
+        _cell(BM25Arguments.__doc__.strip()) + " `bm25` only.",
+        "",
+        *dataclass_table(BM25Arguments),
+        "",
         "## python -m openmatch.driver.evaluate",
         "",
         *parser_table(evaluate.build_parser()),
+        "",
+        "## python -m openmatch.driver.fuse",
+        "",
+        *parser_table(fuse.build_parser()),
     ]
     for path, command in SCRIPTS:
         parser = runpy.run_path(str(REPO / path), run_name="openmatch_docs")["build_parser"]()

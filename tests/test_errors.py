@@ -170,7 +170,7 @@ def test_console_entry_points_name_the_commands(monkeypatch):
     )
     assert set(scripts) == {
         "openmatch-train-dr", "openmatch-build-index", "openmatch-retrieve", "openmatch-evaluate",
-        "openmatch-build-train", "openmatch-build-hn",
+        "openmatch-build-train", "openmatch-build-hn", "openmatch-bm25", "openmatch-fuse",
     }
     for name, target in scripts.items():
         module_name, function = target.split(":")
