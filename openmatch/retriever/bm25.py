@@ -54,7 +54,6 @@ import numpy as np
 from ..dataset.inference_dataset import DEFAULT_TEMPLATE, resolve_template
 from ..dataset.readers import iter_id_records, no_records, parse_column_names
 from ..dataset.records import check_unique
-from ..dataset.template import Template
 from ..errors import DependencyError, InputError, MissingInputError, OpenMatchWarning, UsageError
 from ..utils import atomic_output, write_json_atomic
 from .index import IndexFolderError, file_fingerprint
@@ -141,7 +140,7 @@ def read_texts(path: str | os.PathLike, template: Optional[str], column_names: O
     """``(ids, texts)`` of every record of a TSV/JSONL file, in file order, each filled into ``template``."""
     if not os.path.exists(path):
         raise MissingInputError(f"{path}: no such file ({flag})")
-    fill = resolve_template(template, kind) if kind == "passage" else Template(template or DEFAULT_TEMPLATE)
+    fill = resolve_template(template, kind)
     ids, texts = [], []
     for _, rid, record in iter_id_records(path, column_names):
         ids.append(rid)
@@ -172,7 +171,9 @@ class BM25Index:
     def build(cls, corpus_path: str | os.PathLike, options: Optional[BM25Options] = None) -> "BM25Index":
         """Read, tokenise and index ``corpus_path`` in memory."""
         options = options or BM25Options()
-        settings = options.settings(corpus_path)  # fails on a missing corpus before anything is read
+        if not os.path.exists(corpus_path):
+            raise MissingInputError(f"{corpus_path}: no such file (--corpus_path)")
+        settings = options.settings(corpus_path)
         start = time.perf_counter()
         ids, texts = read_texts(corpus_path, options.template, options.column_names, "passage", "--corpus_path")
         tokens = tokenize(texts, options.stemmer, options.stopwords, as_ids=True)
@@ -226,7 +227,7 @@ class BM25Index:
         settings = self.settings
         vocab = self.retriever.vocab_dict
         tokens = tokenize(list(texts), settings["stemmer"], settings["stopwords"]) if texts else []
-        return [[vocab[t] for t in words if t in vocab and t != ""] for words in tokens]
+        return [[vocab[t] for t in words if t in vocab] for words in tokens]
 
     def search(self, texts: Sequence[str], qids: Sequence[str], depth: int = 100) -> dict[str, list[tuple[str, float]]]:
         """``{qid: [(pid, score), ...]}`` best first, at most ``depth`` passages sharing a token with the query."""

@@ -69,6 +69,17 @@ def test_sampled_randomization_test_agrees_with_scipy_within_monte_carlo_error(s
     assert ours >= 1 / 10_001
 
 
+def test_sampled_p_value_does_not_depend_on_the_chunking(monkeypatch):
+    from openmatch.evaluation import significance
+
+    rng = np.random.default_rng(9)
+    a, b = metric_like(rng, 200), metric_like(rng, 200)
+    whole = randomization_test(a, b, permutations=3000, seed=4)
+    monkeypatch.setattr(significance, "_SIGNS_PER_CHUNK", 200 * 7)  # 7 assignments per draw
+    assert randomization_test(a, b, permutations=3000, seed=4) == whole
+    assert randomization_test(a, b, permutations=3000, seed=5) != whole
+
+
 def test_randomization_test_of_identical_runs_is_one():
     assert randomization_test([0.2, 0.5, 1.0], [0.2, 0.5, 1.0]) == 1.0
 
