@@ -169,34 +169,42 @@ def iter_negatives_file(path) -> Iterator[tuple[int, str, list[str]]]:
         yield line_no, check_id(fields["qid"], path, line_no), check_ids(pids, path, line_no)
 
 
-def iter_run_groups(path, depth: int) -> Iterator[tuple[int, str, list[str]]]:
-    """Yield ``(first_line_no, qid, [pid, ...])`` of a TREC run, the top ``depth`` hits by rank.
+def iter_ranked_hits(path) -> Iterator[tuple[int, str, list[tuple[str, float]]]]:
+    """Yield ``(first_line_no, qid, [(pid, score), ...])`` of a TREC run: every hit of each query, in rank
+    order (the rank column; equal ranks keep their line order).
 
     Streams the run (a train run on MS MARCO has tens of millions of lines), so each query's hits must be
     contiguous, as every retriever writes them; a query seen again after another is an error.
     """
-    if depth < 1:
-        raise PreprocessingError(f"--depth must be at least 1, got {depth}")
     done: set[str] = set()
     current, start, hits = None, 0, []
     line_no = 0
-    for line_no, (qid, pid, rank, _score) in enumerate(iter_run(path), start=1):
+    for line_no, (qid, pid, rank, score) in enumerate(iter_run(path), start=1):
         if qid != current:
             if current is not None:
-                yield start, current, _top(hits, depth)
+                yield start, current, _ranked(hits)
                 done.add(current)
             if qid in done:
                 raise DataFormatError(
                     path, line_no, f"hits of query {qid!r} are not contiguous; sort the run by query first (sort -s -k1,1)"
                 )
             current, start, hits = qid, line_no, []
-        hits.append((rank, len(hits), pid))
+        hits.append((rank, len(hits), pid, score))
     if current is not None:
-        yield start, current, _top(hits, depth)
+        yield start, current, _ranked(hits)
 
 
-def _top(hits: list[tuple[int, int, str]], depth: int) -> list[str]:
-    return [pid for _, _, pid in sorted(hits)[:depth]]
+def _ranked(hits: list[tuple[int, int, str, float]]) -> list[tuple[str, float]]:
+    return [(pid, score) for _, _, pid, score in sorted(hits)]
+
+
+def iter_run_groups(path, depth: int) -> Iterator[tuple[int, str, list[str]]]:
+    """Yield ``(first_line_no, qid, [pid, ...])`` of a TREC run, the top ``depth`` hits by rank
+    (:func:`iter_ranked_hits` without the scores)."""
+    if depth < 1:
+        raise PreprocessingError(f"--depth must be at least 1, got {depth}")
+    for start, qid, hits in iter_ranked_hits(path):
+        yield start, qid, [pid for pid, _ in hits[:depth]]
 
 
 # ------------------------------------------------------------------------------------------- stats
@@ -516,11 +524,18 @@ class BuildResult:
 
 def build(
     config: BuildConfig,
-    make_items: Callable[[], Iterator[tuple[int, str, list[str]]]],
+    make_items: Callable[[], Iterator[tuple[int, str, list]]],
     source_name: str,
     total: Optional[int] = None,
+    screen: Optional[Callable[[list, dict, dict], list]] = None,
 ) -> BuildResult:
-    """Read queries, collection and qrels, then write shards for every item of ``make_items()``."""
+    """Read queries, collection and qrels, then write shards for every item of ``make_items()``.
+
+    ``screen(chunk, queries, relevant)``, when given, turns each chunk of items into ``(line_no, qid,
+    [pid, ...])`` items before they are planned (build_hn's hard-negative filters,
+    :class:`openmatch.negatives.CandidateFilter`); ``queries`` holds the filled query texts and ``relevant``
+    each query's judged positives.
+    """
     doc_template, query_template = Template(config.doc_template), Template(config.query_template)
     tokenizer_check = load_tokenizer(config.tokenizer_name)  # fail before minutes of loading
     logger.info("reading qrels %s", config.qrels)
@@ -560,6 +575,8 @@ def build(
         builder = ExampleBuilder(config, queries, collection, relevant, tokenise)
         # Larger units with more workers, so that each tokeniser call splits into worthwhile slices.
         for chunk in _chunks(items(), config.chunk_size * config.num_workers):
+            if screen is not None:
+                chunk = screen(chunk, queries, relevant)
             lines, chunk_stats, chunk_slots = builder.build_chunk(chunk)
             for line in lines:
                 writer.write(line)
