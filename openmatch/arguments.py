@@ -169,6 +169,13 @@ class DRTrainingArguments(OpenMatchTrainingArguments):
             "negative, as OpenMatch did"
         },
     )
+    keep_best: bool = field(
+        default=False,
+        metadata={
+            "help": "validate before the first step, at each evaluation and after the last step, and end with the best "
+            "of these models (the start model included) in --output_dir, by validation MRR@k (needs --eval_path)"
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()

@@ -2,7 +2,8 @@
 
 Accepts OpenMatch v2's command line (the recipe's stage-1/stage-2 commands run verbatim), one process or
 many (``torchrun --nproc_per_node=N`` or ``python -m torch.distributed.launch --nproc_per_node=N``; on CPU
-the processes talk over gloo). The final model is saved to ``--output_dir`` in ``DRModel``'s format.
+the processes talk over gloo). The final model is saved to ``--output_dir`` in ``DRModel``'s format; with
+``--keep_best``, the best of the validated models, the start model included (:mod:`openmatch.trainer.best_model`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..errors import MissingInputError, OutputExistsError, UsageError
 from ..modeling import load_model_and_tokenizer
 from ..modeling.checkpoint import CONFIG_NAME
 from ..trainer import DRTrainer
+from ..trainer.best_model import train_keeping_best
 from ..utils import setup_logging
 
 logger = logging.getLogger("openmatch.train_dr")
@@ -98,8 +100,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         training_args.device, training_args.fp16, training_args.bf16,
     )
     trainer = build_trainer(model_args, data_args, training_args)
-    trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model()
+    if training_args.keep_best:
+        train_keeping_best(trainer, resume)  # also saves the best model to --output_dir
+    else:
+        trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model()
     if trainer.is_world_process_zero():
         logger.info("model saved to %s", training_args.output_dir)
     teardown_distributed()

@@ -147,3 +147,25 @@ def test_build_train_bm25_writes_its_run_and_stats(build_train_argv, collection,
     assert len(lines) == len(positives(collection))
     stats = json.loads((tmp_path / "out" / "build_train.stats.json").read_text())
     assert stats["settings"]["depth"] == 20 and stats["source"].endswith("bm25.train.trec")
+
+
+# ----------------------------------------------------------------------------------- train_dr --keep_best
+
+
+@pytest.mark.parametrize("case, needles", [
+    ("no_eval_path", ["--keep_best", "--eval_path"]),
+    ("no_retrieval_metrics", ["--keep_best", "--eval_retrieval_k"]),
+])
+def test_keep_best_needs_retrieval_validation(case, needles, tiny_bert, tmp_path, capfd):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    ids = tokenizer("kaka lolo mimi", add_special_tokens=False)["input_ids"]
+    train = write_lines(tmp_path / "train.jsonl", [json.dumps({"query": ids, "positives": [ids], "negatives": [ids[:1]]})] * 4)
+    argv = ["--output_dir", tmp_path / "out", "--model_name_or_path", tiny_bert, "--train_path", train, "--keep_best",
+            "--report_to", "none", "--per_device_train_batch_size", "2", "--q_max_len", "8", "--p_max_len", "8"]
+    if case == "no_retrieval_metrics":
+        argv += ["--eval_path", train, "--eval_retrieval_k", ""]
+    outcome = run_command("train_dr", argv, capfd)
+    assert_user_error(outcome, *needles)
+    assert files_under(tmp_path / "out") == set()
