@@ -6,7 +6,9 @@ tokens (the training loader adds them and truncates to ``--q_max_len``/``--p_max
 in where negative candidates come from:
 
 - build_train: ``train.negatives.tsv`` (``qid<TAB>neg1,neg2,...``), every candidate;
-- build_hn: a TREC run, the top ``--depth`` hits of each query.
+- build_hn (and build_train ``--negatives_from bm25``, from the BM25 run it writes): a TREC run, each query's
+  hits screened by :class:`openmatch.negatives.CandidateFilter` (ranks ``--first_rank`` to ``--depth``, judged
+  positives, the score margins), the ``screen`` of :func:`build`.
 
 Then, per query: positives are every passage judged relevant (relevance >= 1), looked up BY ID in the
 collection; negatives are the candidates minus positives, duplicates and ids missing from the collection,

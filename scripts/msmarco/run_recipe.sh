@@ -41,6 +41,9 @@ N_PASSAGES=${N_PASSAGES:-2}
 Q_MAX_LEN=${Q_MAX_LEN:-64}
 P_MAX_LEN=${P_MAX_LEN:-128}
 VAL_LINES=${VAL_LINES:-20}
+# Each stage ends with the best of its start model and its trained model by validation MRR@10 (--keep_best);
+# KEEP_BEST= (empty) keeps the trained model whatever its validation score.
+KEEP_BEST=${KEEP_BEST---keep_best}
 DOC_TEMPLATE="Title: <title> Text: <text>"
 
 PROCESSED_DIR=$WORK/processed
@@ -87,7 +90,8 @@ index_and_search() {  # MODEL EMB_DIR QUERIES RUN
 }
 
 train() {  # FROM_MODEL OUTPUT TRAIN VAL LOGS
-    # Validate (loss, MRR@10, Recall) once, at the end: each validation ranks the whole validation pool.
+    # Validate (loss, MRR@10, Recall) at the end (and, with --keep_best, the start model before the first step):
+    # each validation ranks the whole validation pool.
     local steps=$(( ($(wc -l < "$3") + BATCH - 1) / BATCH * EPOCHS ))
     "$PY" -m openmatch.driver.train_dr \
         --output_dir "$2" --model_name_or_path "$1" $MODEL_FLAGS \
@@ -95,7 +99,7 @@ train() {  # FROM_MODEL OUTPUT TRAIN VAL LOGS
         --train_path "$3" --eval_path "$4" --fp16 \
         --per_device_train_batch_size "$BATCH" --per_device_eval_batch_size 64 --train_n_passages "$N_PASSAGES" \
         --learning_rate "$LR" --q_max_len "$Q_MAX_LEN" --p_max_len "$P_MAX_LEN" --num_train_epochs "$EPOCHS" \
-        --logging_dir "$5" --evaluation_strategy steps --overwrite_output_dir --seed 42
+        --logging_dir "$5" --evaluation_strategy steps --overwrite_output_dir --seed 42 $KEEP_BEST
 }
 
 step 3/12 "zero-shot: build_index + retrieve the dev queries"
