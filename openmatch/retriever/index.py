@@ -259,7 +259,7 @@ def shard_numbers(output_dir: str, rank: int) -> list[int]:
 
 
 def _stat_key(stat: os.stat_result) -> list[int]:
-    # Any write changes mtime and ctime (which no one can set back); a replaced file has another inode.
+    # Any write changes mtime and ctime, and ctime cannot be set back; a replaced file has another inode.
     return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
 
 
@@ -272,7 +272,7 @@ def _npy_problem(path: str, size: int, rows: int, dim: int, dtype: str) -> Optio
     shape, found, data_start = array.shape, array.dtype, array.offset
     del array
     if shape != (rows, dim) or found != np.dtype(dtype):
-        return f"{path}: holds a {found} array of shape {shape}, the manifest says {dtype} ({rows}, {dim})"
+        return f"{path}: holds a {found} array of shape {shape}, the index records {dtype} ({rows}, {dim})"
     expected = data_start + rows * dim * np.dtype(dtype).itemsize
     if size != expected:
         return f"{path}: {size} bytes where a ({rows}, {dim}) {dtype} array takes {expected} (truncated or extended)"
@@ -303,7 +303,7 @@ def _file_problem(folder: str, meta: dict, key: str, stamps: dict, fresh: dict) 
             return problem
     digest, newlines = _digest(path, count_lines=key == "ids")
     if key == "ids" and newlines != meta["count"]:
-        return f"{path}: holds {newlines} ids, the manifest says {meta['count']}"
+        return f"{path}: holds {newlines} ids, the index records {meta['count']}"
     if digest != meta[f"{key}_sha256"]:
         return f"{path}: its content does not match the sha256 recorded when it was written (changed or damaged)"
     fresh[name] = stamp
