@@ -55,7 +55,7 @@ def set_total(index: Path, total: int) -> None:
     (index / "manifest.json").write_text(json.dumps(manifest))
 
 
-# (case, file damaged, how): each leaves the index's size on disk or its rows as they were where it can.
+# case -> (the file damaged, how): same size, same mtime, fewer or more bytes or rows, or gone.
 DAMAGES = {
     "row_changed_same_size": ("embeddings.rank0.shard0.npy", flip_bytes),
     "row_changed_in_the_second_shard": ("embeddings.rank0.shard1.npy", flip_bytes),
@@ -134,7 +134,8 @@ def test_rerun_repairs_exactly_the_damaged_shard(case, copy_index, build_index_a
     kept = {name: os.stat(index / name) for name in SHARD1}
     REPAIRS[case](index)
     if case != "shard_record_damaged":  # search reads the manifest's copy of the shard record, not this file
-        assert_user_error(run_command("retrieve", retrieve_argv(index, tmp_path / "refused.trec"), capfd), "shard0")
+        assert_user_error(run_command("retrieve", retrieve_argv(index, tmp_path / "refused.trec"), capfd), "shard0",
+                          "rerun build_index")
 
     outcome = run_command("build_index", build_index_argv(index), capfd)
     assert_warned(outcome, "shard 0 of rank 0 is damaged", "encoding it again")
