@@ -30,7 +30,7 @@ from .errors import UsageError
 from .retriever.builder import build_index  # noqa: F401  (the one build_index, for notebooks too)
 from .retriever.encode import Precision, encode_batches, pick_device
 from .retriever.index import EmbeddingIndex, check_compatible
-from .retriever.search import QUERY_ENCODING_FIELDS, SearchOptions, search_index
+from .retriever.search import QUERY_ENCODING_FIELDS, SearchOptions, check_search_resources, search_index
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +160,7 @@ def retrieve(
         options = SearchOptions(**fields)
     elif fields:
         raise TypeError("retrieve takes options=SearchOptions(...) or its fields as keywords, not both")
+    check_search_resources(options)  # before the queries are encoded
     index = index_dir if isinstance(index_dir, EmbeddingIndex) else EmbeddingIndex(index_dir)
     check_compatible(model, index.manifest, index.index_dir, options.allow_model_mismatch)
     qids, q_reps = encode_file(

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 from ..arguments import DataArguments, IndexArguments, InferenceArguments, ModelArguments
 from ..cli import main_wrapper, parse_args
 from ..distributed import dist_context, init_distributed, teardown_distributed
-from ..utils import setup_logging
+from ..utils import check_writable_folder, setup_logging
 
 # The dataclasses this driver parses, in order (docs and tests import this tuple).
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, InferenceArguments, IndexArguments)
@@ -35,6 +35,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..retriever.builder import BuildOptions, build_index
 
     options = BuildOptions.from_args(model_args, data_args, infer_args, index_args)
+    check_writable_folder(options.output_dir, "--output_dir")  # before the model is loaded and anything encoded
     model, tokenizer = load_model(model_args)
     build_index(model, tokenizer, options=options)
     teardown_distributed()

@@ -13,6 +13,7 @@ import torch
 from openmatch import api
 from openmatch.dataset.inference_dataset import InferenceDataset
 from openmatch.dataset.readers import DataFormatError
+from openmatch.errors import OpenMatchWarning
 from openmatch.retriever import builder
 from openmatch.retriever.index import IndexFolderError
 from tests.tiny_models import synthetic_words
@@ -127,7 +128,8 @@ def test_resume_after_crash_skips_complete_shards(model_tok, corpus, tmp_path, m
     os.unlink(out / "manifest.json")
     written.clear()
     monkeypatch.setattr(builder, "write_shard", lambda *a, **k: written.append(a[2]) or real_write(*a, **k))
-    build(model_tok, corpus, out)
+    with pytest.warns(OpenMatchWarning, match="shard 2 of rank 0 is damaged"):
+        build(model_tok, corpus, out)
     assert written == [2]
 
 
