@@ -58,7 +58,7 @@ class OutputExistsError(OpenMatchError, FileExistsError):
 
 
 class ResourceError(OpenMatchError, RuntimeError):
-    """This machine lacks what the command asks for (GPUs, a faiss build with GPU support)."""
+    """This machine lacks what the command asks for (GPUs, a faiss build with GPU support, disk space)."""
 
 
 class DependencyError(OpenMatchError, ImportError):
