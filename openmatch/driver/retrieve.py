@@ -41,12 +41,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not infer_args.trec_save_path:
         raise UsageError("--trec_save_path is required: where to write the TREC run")
     from ..api import load_model, retrieve
+    from ..modeling.checkpoint import check_max_len
     from ..dataset.qrels import write_trec_run
     from ..retriever import EmbeddingIndex, SearchOptions
 
     options = SearchOptions.from_args(data_args, infer_args, search_args)
     index = EmbeddingIndex(infer_args.output_dir)  # fails fast, before the model is loaded
     model, tokenizer = load_model(model_args)
+    check_max_len(model, q_max_len=data_args.q_max_len)
     results = retrieve(model, tokenizer, data_args.query_path, index, options=options)
     lines = write_trec_run(infer_args.trec_save_path, results.items(), run_id=infer_args.run_id)
     logger.info("wrote %d lines for %d queries to %s", lines, len(results), infer_args.trec_save_path)
