@@ -36,13 +36,18 @@ logger = logging.getLogger(__name__)
 
 
 def load_model(path_or_args: str | os.PathLike | ModelArguments, **model_kwargs):
-    """``(DRModel, tokenizer)`` from a model folder (with ``ModelArguments`` fields as keywords) or arguments."""
+    """``(DRModel, tokenizer)`` from a model folder (with ``ModelArguments`` fields as keywords) or arguments.
+
+    With a ``train_dr`` checkpoint its ``openmatch_config.json`` decides the architecture: a keyword that
+    contradicts it (``pooling="mean"`` for a checkpoint trained with ``first``) is an error.
+    """
     from .modeling import load_model_and_tokenizer
 
     if isinstance(path_or_args, ModelArguments):
         args = path_or_args
     else:
         args = ModelArguments(model_name_or_path=os.fspath(path_or_args), **model_kwargs)
+        args.given_flags = frozenset(model_kwargs)
     return load_model_and_tokenizer(args)
 
 

@@ -47,6 +47,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise UsageError(f"--trec_save_path {run_path} is a folder; give the path of the run file to write")
     check_writable_folder(os.path.dirname(os.path.abspath(run_path)), "--trec_save_path", run_path)
     from ..api import load_model, retrieve
+    from ..modeling.checkpoint import check_max_len
     from ..dataset.qrels import write_trec_run
     from ..retriever import EmbeddingIndex, SearchOptions
     from ..retriever.search import check_search_resources
@@ -55,6 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     check_search_resources(options)
     index = EmbeddingIndex(infer_args.output_dir)  # checks the index's files against the manifest
     model, tokenizer = load_model(model_args)
+    check_max_len(model, q_max_len=data_args.q_max_len)
     results = retrieve(model, tokenizer, data_args.query_path, index, options=options)
     lines = write_trec_run(infer_args.trec_save_path, results.items(), run_id=infer_args.run_id)
     logger.info("wrote %d lines for %d queries to %s", lines, len(results), infer_args.trec_save_path)

@@ -33,6 +33,8 @@ from .dr_model import DRModel, LinearHead
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "openmatch_config.json"
+# Written first by the trainer's save (openmatch.trainer): beside it, a missing CONFIG_NAME means the save was cut off.
+TRAINER_ARGS_NAME = "openmatch_args.json"
 HEAD_CONFIG_NAME = "head_config.json"
 HEAD_WEIGHTS_NAME = "linear.safetensors"
 OPENMATCH_HEAD_WEIGHTS_NAME = "linear.pt"
@@ -78,9 +80,17 @@ def load_head(folder: str | os.PathLike) -> LinearHead:
     if (folder / HEAD_WEIGHTS_NAME).exists():
         from safetensors.torch import load_file
 
+        check_safetensors_file(folder / HEAD_WEIGHTS_NAME)
         state = load_file(str(folder / HEAD_WEIGHTS_NAME))
     elif (folder / OPENMATCH_HEAD_WEIGHTS_NAME).exists():
-        state = torch.load(folder / OPENMATCH_HEAD_WEIGHTS_NAME, map_location="cpu", weights_only=True)
+        import pickle
+
+        try:
+            state = torch.load(folder / OPENMATCH_HEAD_WEIGHTS_NAME, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+            # torch reports a cut-off zip archive as a RuntimeError ("failed finding central directory").
+            reason = " ".join(str(err).split("\n")[0].split())
+            raise InputError(f"{folder / OPENMATCH_HEAD_WEIGHTS_NAME}: truncated or corrupt ({reason})") from None
     else:
         raise MissingInputError(
             f"{folder}: checkpoint has a linear head but neither {HEAD_WEIGHTS_NAME} nor "
@@ -101,6 +111,37 @@ def load_head(folder: str | os.PathLike) -> LinearHead:
     with torch.no_grad():
         head.linear.weight.copy_(weight.float())
     return head
+
+
+def check_safetensors_file(path: str | os.PathLike) -> None:
+    """Refuse a ``.safetensors`` file that is truncated or corrupt before anything is loaded from it.
+
+    Opening it is enough: safetensors reads the header and checks that its tensors cover the file exactly
+    (a file cut short fails there); no tensor is read.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except SafetensorError as err:
+        raise InputError(f"{path}: truncated or corrupt safetensors file ({err})") from None
+
+
+def _check_weight_files(folder: Path) -> None:
+    """Every safetensors file the backbone in ``folder`` would load, checked by :func:`check_safetensors_file`."""
+    shards = [SAFE_WEIGHTS_NAME] if (folder / SAFE_WEIGHTS_NAME).exists() else []
+    index_path = folder / SAFE_WEIGHTS_INDEX_NAME
+    if not shards and index_path.exists():
+        try:
+            weight_map = json.loads(index_path.read_text())["weight_map"]
+            shards = sorted(set(weight_map.values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise InputError(f"{index_path}: truncated or corrupt (no JSON object with a weight_map)") from None
+    for name in shards:
+        if not (folder / name).exists():
+            raise MissingInputError(f"{folder / name}: weights shard listed in {SAFE_WEIGHTS_INDEX_NAME} is missing")
+        check_safetensors_file(folder / name)
 
 
 def _has_head(folder: Path) -> bool:
@@ -152,13 +193,69 @@ def _write(model: DRModel, folder: Path, tokenizer) -> None:
 
 # ---------------------------------------------------------------------- reading
 def build_model(model_args: ModelArguments, model_class: type[DRModel] = DRModel) -> DRModel:
-    """Build from ``--model_name_or_path``: our/OpenMatch's checkpoint folder (its stored architecture wins
-    over flags, with a warning naming each conflicting flag; its loss temperature is kept unless
-    ``--temperature`` is given) or a plain Hugging Face model (flags decide; temperature 1 by default)."""
+    """Build from ``--model_name_or_path``: our/OpenMatch's checkpoint folder (its stored architecture decides:
+    a flag that contradicts it is an error; its loss temperature is kept unless ``--temperature`` is given) or a
+    plain Hugging Face model (flags decide; temperature 1 by default)."""
+    check_model_source(model_args)
     path = Path(model_args.model_name_or_path)
     if (path / CONFIG_NAME).exists():
         return _build_from_checkpoint(model_class, path, model_args)
+    if (path / TRAINER_ARGS_NAME).exists():
+        raise InputError(
+            f"{path}: incomplete checkpoint: it has {TRAINER_ARGS_NAME} but not {CONFIG_NAME}, which a save writes "
+            "last (was the save cut off?); use a complete checkpoint"
+        )
     return _build_from_hf(model_class, str(model_args.model_name_or_path), model_args)
+
+
+def check_model_source(model_args: ModelArguments) -> None:
+    """Fail fast, naming the flag, when ``--model_name_or_path``, ``--tokenizer_name`` or ``--config_name`` is
+    neither a local folder nor a possible Hugging Face hub name (those are looked up where they are loaded)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    for flag, value in (
+        ("--model_name_or_path", model_args.model_name_or_path),
+        ("--tokenizer_name", model_args.tokenizer_name),
+        ("--config_name", model_args.config_name),
+    ):
+        if not value or Path(value).is_dir():
+            continue
+        if Path(value).exists():
+            raise InputError(f"{flag} {value}: not a folder (a Hugging Face model folder or a train_dr checkpoint)")
+        try:
+            validate_repo_id(str(value))
+        except HFValidationError:
+            raise MissingInputError(f"{flag} {value}: no such folder") from None
+
+
+def _hf_config(source: str, flag: str, model_args: ModelArguments):
+    """``AutoConfig`` of a local folder or hub name; a name that cannot be loaded is an error naming ``flag``."""
+    from transformers import AutoConfig
+
+    kwargs = {"cache_dir": model_args.cache_dir} if model_args.cache_dir else {}
+    try:
+        return AutoConfig.from_pretrained(source, **kwargs)
+    except OSError as err:
+        reason = " ".join(str(err).split("\n")[0].split())
+        if Path(source).is_dir():
+            raise InputError(f"{flag} {source}: cannot read its {HF_CONFIG_NAME} ({reason})") from None
+        # Offline, or no such model on the hub: transformers' message spans lines, its first one says which.
+        raise MissingInputError(
+            f"{flag} {source}: no such folder, and not a model in the Hugging Face cache or hub ({reason})"
+        ) from None
+
+
+def backbone_config(model_args: ModelArguments):
+    """The Hugging Face config of the (query) backbone that :func:`build_model` loads, read without its weights
+    (e.g. its ``vocab_size``, to check training data before the model is loaded)."""
+    check_model_source(model_args)
+    path = Path(model_args.model_name_or_path)
+    if (path / CONFIG_NAME).exists():
+        folder = path if read_config(path).tied else path / QUERY_MODEL_DIR
+        return _hf_config(str(folder), "--model_name_or_path", model_args)
+    if model_args.config_name:
+        return _hf_config(model_args.config_name, "--config_name", model_args)
+    return _hf_config(str(path), "--model_name_or_path", model_args)
 
 
 def _check_backbone_folder(folder: Path) -> None:
@@ -170,6 +267,7 @@ def _check_backbone_folder(folder: Path) -> None:
         raise MissingInputError(
             f"{folder}: checkpoint is missing its weights file (one of {', '.join(WEIGHT_FILES)})"
         )
+    _check_weight_files(folder)
 
 
 def _backbone_class(name: str):
@@ -187,7 +285,14 @@ def _load_backbone(class_name: str, folder: str, model_args: ModelArguments, con
         kwargs["cache_dir"] = model_args.cache_dir
     if config is not None:
         kwargs["config"] = config
-    model, info = _backbone_class(class_name).from_pretrained(folder, output_loading_info=True, **kwargs)
+    try:
+        model, info = _backbone_class(class_name).from_pretrained(folder, output_loading_info=True, **kwargs)
+    except OSError as err:
+        if Path(folder).is_dir() or getattr(err, "filename", None):
+            raise
+        # A hub name whose config was found (cached) but whose weights cannot be fetched (offline).
+        reason = " ".join(str(err).split("\n")[0].split())
+        raise MissingInputError(f"--model_name_or_path {folder}: cannot load its weights ({reason})") from None
     # Hugging Face would initialise missing weights randomly and only log it: for a retriever that silently
     # ruins every score, so it is an error. The BERT-style pooler is exempt (never used, see DRModel).
     missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("pooler."))
@@ -201,12 +306,12 @@ def _load_backbone(class_name: str, folder: str, model_args: ModelArguments, con
 
 
 def _build_from_hf(model_class: type[DRModel], path: str, model_args: ModelArguments) -> DRModel:
-    from transformers import AutoConfig
-
     if os.path.isdir(path):
         _check_backbone_folder(Path(path))
-    config_kwargs = {"cache_dir": model_args.cache_dir} if model_args.cache_dir else {}
-    hf_config = AutoConfig.from_pretrained(model_args.config_name or path, **config_kwargs)
+    if model_args.config_name:
+        hf_config = _hf_config(model_args.config_name, "--config_name", model_args)
+    else:
+        hf_config = _hf_config(path, "--model_name_or_path", model_args)
     model_type = getattr(hf_config, "model_type", "")
     if model_type in T5_FAMILY:
         class_name = T5_FAMILY[model_type][1 if model_args.encoder_only else 0]
@@ -263,7 +368,7 @@ def _build_from_checkpoint(model_class: type[DRModel], path: Path, model_args: M
         # A training setting, not the encoder: a flag given on purpose wins; otherwise the checkpoint's value
         # is kept, so resuming training from it optimises the same loss it was trained with.
         config.training.temperature = model_args.temperature
-    _warn_conflicts(path, config, model_args)
+    _refuse_conflicts(path, config, model_args)
     if config.feature not in ("last_hidden_state", "pooler_output"):
         raise InputError(f"{path / CONFIG_NAME}: unsupported feature {config.feature!r}")
     towers = [path] if config.tied else [path / QUERY_MODEL_DIR, path / PASSAGE_MODEL_DIR]
@@ -285,12 +390,17 @@ def _build_from_checkpoint(model_class: type[DRModel], path: Path, model_args: M
     return model_class(config, lms[0], lms[1], heads[0], heads[1])
 
 
-def _warn_conflicts(path: Path, config: DRModelConfig, model_args: ModelArguments) -> None:
-    """One warning naming every flag (set away from its default) that the checkpoint overrides.
+def _refuse_conflicts(path: Path, config: DRModelConfig, model_args: ModelArguments) -> None:
+    """An architecture flag that contradicts the checkpoint's stored configuration is an error naming the flag,
+    its value and the stored one (all of them at once): the checkpoint's weights were trained for the stored
+    architecture, so the flag can be neither honoured nor silently dropped.
 
-    Flags left at their defaults cannot be told apart from flags not given, so they are not reported.
+    A flag counts when the user gave it (``model_args.given_flags``: command lines, ``.json`` files and
+    ``api.load_model`` keywords record them, so ``--pooling first`` given on purpose is compared too); for
+    arguments built in Python without that record, when it is set away from its default.
     """
     defaults = {f.name: f.default for f in fields(ModelArguments)}
+    given = model_args.given_flags
     checks = [
         ("untie_encoder", not config.tied),
         ("pooling", config.pooling),
@@ -300,15 +410,20 @@ def _warn_conflicts(path: Path, config: DRModelConfig, model_args: ModelArgument
     ]
     if config.plm_backbone_type in DECODER_BACKBONES + T5_ENCODER_BACKBONES:
         checks.append(("encoder_only", config.plm_backbone_type in T5_ENCODER_BACKBONES))
+    if config.linear_head:
+        # OpenMatch's checkpoints do not store the sizes (None): their head files are checked when loaded.
+        checks += [(name, getattr(config, name)) for name in ("projection_in_dim", "projection_out_dim")
+                   if getattr(config, name) is not None]
     conflicts = []
     for name, stored in checks:
         flag = getattr(model_args, name)
-        if flag != defaults[name] and flag != stored:
-            conflicts.append(f"--{name} {flag} (checkpoint: {stored})")
+        from_user = name in given if given is not None else flag != defaults[name]
+        if from_user and flag != stored:
+            conflicts.append(f"--{name} {flag} contradicts the checkpoint's {name} {stored}")
     if conflicts:
-        logger.warning(
-            "%s is a checkpoint whose %s decides the architecture; ignoring %s",
-            path, CONFIG_NAME, "; ".join(conflicts),
+        raise UsageError(
+            f"{'; '.join(conflicts)} ({path / CONFIG_NAME} decides the architecture the weights were trained "
+            "for); drop the flag"
         )
 
 
@@ -325,10 +440,28 @@ def load_model_and_tokenizer(model_args: ModelArguments):
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as err:
-        raise InputError(f"{source}: cannot load a tokenizer ({err}); pass --tokenizer_name") from None
+        reason = " ".join(str(err).split())
+        if model_args.tokenizer_name:
+            raise InputError(f"--tokenizer_name {source}: cannot load a tokenizer ({reason})") from None
+        raise InputError(f"{source}: cannot load a tokenizer ({reason}); pass --tokenizer_name") from None
     require_pad_id(tokenizer, source)
     return model, tokenizer
 
 
 def _has_tokenizer(folder: Path) -> bool:
     return folder.is_dir() and any((folder / name).exists() for name in TOKENIZER_FILES)
+
+
+def check_max_len(model: DRModel, **lengths: int) -> None:
+    """Refuse a maximum input length (``p_max_len=...``, ``q_max_len=...``, named as their flags) above what the
+    backbone's absolute position embeddings cover, before anything is encoded or trained: a longer input would
+    fail deep inside the model, hours into a run. Backbones with relative positions (T5) have no such limit."""
+    limit = model.max_input_length
+    if limit is None:
+        return
+    for name, value in lengths.items():
+        if value is not None and value > limit:
+            raise UsageError(
+                f"--{name} {value} is above the {limit} input positions of the model's position embeddings "
+                f"(max_position_embeddings in its config.json); use --{name} {limit} or less"
+            )

@@ -43,6 +43,16 @@ class LinearHead(nn.Module):
         return self.linear(x)
 
 
+def _position_limit(lm: nn.Module) -> Optional[int]:
+    """Input positions a backbone's learned position table covers (BERT: ``max_position_embeddings``; RoBERTa-
+    style tables, whose positions start after the padding index, cover that many fewer); ``None`` without one."""
+    for name, module in lm.named_modules():
+        if isinstance(module, nn.Embedding) and name.rsplit(".", 1)[-1] in ("position_embeddings", "wpe"):
+            reserved = module.padding_idx + 1 if module.padding_idx is not None else 0
+            return module.num_embeddings - reserved
+    return None
+
+
 class DRModel(nn.Module):
     """Dense-retrieval bi-encoder: backbone -> pooling -> optional linear head -> optional L2 norm.
 
@@ -103,6 +113,13 @@ class DRModel(nn.Module):
 
     def _backbones(self) -> list[nn.Module]:
         return [self.lm_q] if self.config.tied else [self.lm_q, self._lm_p]
+
+    @property
+    def max_input_length(self) -> Optional[int]:
+        """The longest input (special tokens included) that the backbones' absolute position embeddings cover,
+        or ``None`` when positions are relative (T5) or computed (rotary): then no length is out of range."""
+        limits = [limit for limit in map(_position_limit, self._backbones()) if limit is not None]
+        return min(limits) if limits else None
 
     # ------------------------------------------------------------------ encoding
     def _encode(self, lm: nn.Module, head: Optional[LinearHead], batch: dict[str, Tensor]) -> Tensor:
@@ -199,8 +216,11 @@ class DRModel(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike, **overrides) -> "DRModel":
         """Load a checkpoint folder (ours or OpenMatch's) with its stored settings; a plain HF folder
-        gets the default flags. ``overrides`` are ``ModelArguments`` fields."""
-        return cls.build(ModelArguments(model_name_or_path=str(path), **overrides))
+        gets the default flags. ``overrides`` are ``ModelArguments`` fields (one that contradicts a checkpoint's
+        stored configuration is an error)."""
+        model_args = ModelArguments(model_name_or_path=str(path), **overrides)
+        model_args.given_flags = frozenset(overrides)
+        return cls.build(model_args)
 
     @classmethod
     def build(cls, model_args: ModelArguments) -> "DRModel":
