@@ -48,9 +48,11 @@ EPOCHS=${EPOCHS:-1}
 BATCH=${BATCH:-32}
 N_PASSAGES=${N_PASSAGES:-2}
 Q_MAX_LEN=${Q_MAX_LEN:-64}
-P_MAX_LEN=${P_MAX_LEN:-128}
+P_MAX_LEN=${P_MAX_LEN:-128}            # passages as indexed
+TRAIN_P_MAX_LEN=${TRAIN_P_MAX_LEN:-$P_MAX_LEN}   # passages as trained on
+PRECISION=${PRECISION:---fp16}
 VAL_LINES=${VAL_LINES:-20}
-DOC_TEMPLATE="Title: <title> Text: <text>"
+DOC_TEMPLATE=${DOC_TEMPLATE:-"Title: <title> Text: <text>"}
 
 PROCESSED_DIR=$WORK/processed
 CHECKPOINT_DIR=$WORK/checkpoints
@@ -75,7 +77,7 @@ rm -f "$PROCESSED_DIR"/split*.jsonl
     --collection "$MARCO/corpus.tsv" \
     --save_to "$PROCESSED_DIR" \
     --doc_template "$DOC_TEMPLATE" \
-    --q_max_len "$Q_MAX_LEN" --truncate "$P_MAX_LEN"
+    --q_max_len "$Q_MAX_LEN" --truncate "$TRAIN_P_MAX_LEN"
 cat "$PROCESSED_DIR"/split*[0-9].jsonl > "$PROCESSED_DIR/train.jsonl"
 TOTAL=$(wc -l < "$PROCESSED_DIR/train.jsonl")
 tail -n "$VAL_LINES" "$PROCESSED_DIR/train.jsonl" > "$PROCESSED_DIR/val.jsonl"
@@ -87,12 +89,12 @@ index_and_search() {  # MODEL EMB_DIR QUERIES RUN
         --output_dir "$2" --model_name_or_path "$1" $MODEL_FLAGS \
         --per_device_eval_batch_size 64 \
         --corpus_path "$MARCO/corpus.tsv" --doc_template "$DOC_TEMPLATE" --doc_column_names id,title,text \
-        --q_max_len "$Q_MAX_LEN" --p_max_len "$P_MAX_LEN" --fp16 --dataloader_num_workers 1 --overwrite_output_dir
+        --q_max_len "$Q_MAX_LEN" --p_max_len "$P_MAX_LEN" $PRECISION --dataloader_num_workers 1 --overwrite_output_dir
     "$PY" -m openmatch.driver.retrieve \
         --output_dir "$2" --model_name_or_path "$1" $MODEL_FLAGS \
         --per_device_eval_batch_size 64 \
         --query_path "$3" --query_template "<text>" --query_column_names id,text \
-        --q_max_len "$Q_MAX_LEN" --fp16 --trec_save_path "$4" --dataloader_num_workers 1
+        --q_max_len "$Q_MAX_LEN" $PRECISION --trec_save_path "$4" --dataloader_num_workers 1
 }
 
 train() {  # FROM_MODEL OUTPUT TRAIN VAL LOGS
@@ -101,9 +103,9 @@ train() {  # FROM_MODEL OUTPUT TRAIN VAL LOGS
     "$PY" -m openmatch.driver.train_dr \
         --output_dir "$2" --model_name_or_path "$1" $MODEL_FLAGS \
         --do_train --save_steps 100000 --eval_steps "${EVAL_STEPS:-$steps}" --logging_steps 5 \
-        --train_path "$3" --eval_path "$4" --fp16 \
+        --train_path "$3" --eval_path "$4" $PRECISION \
         --per_device_train_batch_size "$BATCH" --per_device_eval_batch_size 64 --train_n_passages "$N_PASSAGES" \
-        --learning_rate "$LR" --q_max_len "$Q_MAX_LEN" --p_max_len "$P_MAX_LEN" --num_train_epochs "$EPOCHS" \
+        --learning_rate "$LR" --q_max_len "$Q_MAX_LEN" --p_max_len "$TRAIN_P_MAX_LEN" --num_train_epochs "$EPOCHS" \
         --logging_dir "$5" --evaluation_strategy steps --overwrite_output_dir --seed 42
 }
 
@@ -125,7 +127,7 @@ index_and_search "$CHECKPOINT_DIR/s1" "$EMBEDDING_DIR/s1" "$COLLECTION_DIR/train
 "$PY" -m openmatch.driver.retrieve \
     --output_dir "$EMBEDDING_DIR/s1" --model_name_or_path "$CHECKPOINT_DIR/s1" \
     --per_device_eval_batch_size 64 --query_path "$COLLECTION_DIR/dev.query.txt" --query_template "<text>" \
-    --query_column_names id,text --q_max_len "$Q_MAX_LEN" --trec_save_path "$RESULT_DIR/s1.dev.trec"
+    --query_column_names id,text --q_max_len "$Q_MAX_LEN" $PRECISION --trec_save_path "$RESULT_DIR/s1.dev.trec"
 
 step 8/14 "build_hn: hard negatives from the stage-1 run"
 rm -f "$PROCESSED_DIR"/split*.hn.jsonl
@@ -137,7 +139,7 @@ rm -f "$PROCESSED_DIR"/split*.hn.jsonl
     --collection "$MARCO/corpus.tsv" \
     --save_to "$PROCESSED_DIR" \
     --doc_template "$DOC_TEMPLATE" \
-    --q_max_len "$Q_MAX_LEN" --truncate "$P_MAX_LEN" --depth "${HN_DEPTH:-100}"
+    --q_max_len "$Q_MAX_LEN" --truncate "$TRAIN_P_MAX_LEN" --depth "${HN_DEPTH:-100}"
 cat "$PROCESSED_DIR"/split*.hn.jsonl > "$PROCESSED_DIR/train.hn.jsonl"
 TOTAL=$(wc -l < "$PROCESSED_DIR/train.hn.jsonl")
 tail -n "$VAL_LINES" "$PROCESSED_DIR/train.hn.jsonl" > "$PROCESSED_DIR/val.hn.jsonl"
