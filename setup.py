@@ -40,7 +40,9 @@ setup(
         # backend is an extra and exactly one is chosen (scripts/setup.sh picks cpu unless a faiss is present).
         "cpu": ["faiss-cpu>=1.8"],
         "gpu": ["faiss-gpu>=1.8"],
-        "test": ["pytest>=8", "ir-measures>=0.3"],
-        "dev": ["pytest>=8", "ir-measures>=0.3"],
+        # LoRA adapters for decoder LLM backbones (--lora, docs/llm-retriever.md).
+        "lora": ["peft>=0.13"],
+        "test": ["pytest>=8", "ir-measures>=0.3", "peft>=0.13"],
+        "dev": ["pytest>=8", "ir-measures>=0.3", "peft>=0.13"],
     },
 )

@@ -21,7 +21,7 @@ from .errors import OpenMatchWarning, UsageError
 
 logger = logging.getLogger(__name__)
 
-POOLING_CHOICES = ("first", "mean")
+POOLING_CHOICES = ("first", "mean", "last")
 
 
 @dataclass
@@ -38,7 +38,11 @@ class ModelArguments:
     feature: str = field(default="last_hidden_state", metadata={"help": "backbone output used as features"})
     pooling: str = field(
         default="first",
-        metadata={"help": "first token or masked mean (encoder-only models)", "choices": list(POOLING_CHOICES)},
+        metadata={
+            "help": "first token, masked mean (encoder-only models) or last real token (decoder LLMs; the tokenizer "
+            "then appends its EOS token)",
+            "choices": list(POOLING_CHOICES),
+        },
     )
     add_linear_head: bool = field(default=False, metadata={"help": "bias-free projection after pooling"})
     projection_in_dim: int = field(default=768, metadata={"help": "input size of the linear head"})
@@ -53,9 +57,46 @@ class ModelArguments:
         },
     )
 
+    query_prefix: Optional[str] = field(
+        default=None,
+        metadata={"help": "instruction put in front of every query (e.g. 'query: '); stored in the checkpoint"},
+    )
+    passage_prefix: Optional[str] = field(
+        default=None,
+        metadata={"help": "instruction put in front of every passage (e.g. 'passage: '); stored in the checkpoint"},
+    )
+    lora: bool = field(default=False, metadata={"help": "train LoRA adapters (peft) on a frozen backbone"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (the update is scaled by alpha/r)"})
+    lora_dropout: float = field(default=0.1, metadata={"help": "dropout on the LoRA branch's input"})
+    lora_target_modules: str = field(
+        default="all-linear",
+        metadata={"help": "comma-separated module names given adapters (e.g. q_proj,v_proj), or all-linear"},
+    )
+    lora_base_model: Optional[str] = field(
+        default=None,
+        metadata={"help": "base model of a LoRA checkpoint, if not where it was at training (checked by fingerprint)"},
+    )
+    merge_lora: bool = field(
+        default=False, metadata={"help": "merge a LoRA checkpoint's adapter into its base when loading (faster encoding)"}
+    )
+
     def __post_init__(self):
         if self.temperature is not None and self.temperature <= 0:
             raise UsageError(f"--temperature must be positive, got {self.temperature}")
+        if self.lora_r < 1:
+            raise UsageError(f"--lora_r must be at least 1, got {self.lora_r}")
+        if self.lora_alpha <= 0:
+            raise UsageError(f"--lora_alpha must be positive, got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise UsageError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not [name for name in self.lora_target_modules.split(",") if name.strip()]:
+            raise UsageError("--lora_target_modules names no module")
+        if self.lora and self.merge_lora:
+            raise UsageError(
+                "--merge_lora folds a trained adapter into its base for encoding; it cannot be combined with --lora, "
+                "which trains one"
+            )
 
 
 @dataclass
