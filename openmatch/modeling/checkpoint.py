@@ -450,6 +450,7 @@ def _appends_eos(tokenizer) -> bool:
 
 
 def _load_tokenizer(source: str, model_args: ModelArguments):
+    """The tokenizer of a model about to be built (its instructions are tokenised before the model exists)."""
     from transformers import AutoTokenizer
 
     kwargs = {"cache_dir": model_args.cache_dir} if model_args.cache_dir else {}
@@ -494,11 +495,17 @@ def load_model_and_tokenizer(model_args: ModelArguments):
     """The ``(DRModel, tokenizer)`` pair every driver uses; the tokenizer comes from ``--tokenizer_name``
     or the model folder (for untied checkpoints without a root tokenizer, from ``query_model/``). Under
     last-token pooling it is made to append EOS (:func:`prepare_tokenizer`)."""
+    from transformers import AutoTokenizer
+
     model = build_model(model_args)
     source = model_args.tokenizer_name or model_args.model_name_or_path
+    kwargs = {"cache_dir": model_args.cache_dir} if model_args.cache_dir else {}
     if not model_args.tokenizer_name and not model.config.tied and not _has_tokenizer(Path(source)):
         source = str(Path(source) / QUERY_MODEL_DIR)
-    tokenizer = _load_tokenizer(source, model_args)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as err:
+        raise InputError(f"{source}: cannot load a tokenizer ({err}); pass --tokenizer_name") from None
     prepare_tokenizer(tokenizer, model.config.pooling, source)
     require_pad_id(tokenizer, source)
     return model, tokenizer

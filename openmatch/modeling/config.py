@@ -113,7 +113,8 @@ class DRModelConfig:
 
     ``to_openmatch_json`` writes OpenMatch v2's ``openmatch_config.json`` schema (``tied``,
     ``plm_backbone.{type,feature}``, ``pooling``, ``linear_head``, ``normalize``) plus our extra keys, so
-    OpenMatch can read our tied checkpoints and we can read all of OpenMatch's.
+    OpenMatch can read our tied checkpoints and we can read all of OpenMatch's. ``instructions`` (query/passage
+    prefixes) and ``lora`` (a LoRA checkpoint's adapter and base) are written only when set.
     """
 
     tied: bool = True

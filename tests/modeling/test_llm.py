@@ -309,11 +309,21 @@ MEMORY_MODELS = {
 }
 
 
+def kept_per_token_and_layer(h, I, lora_dropout=True):
+    """Bytes autograd keeps per token and layer (the page's inventory): RMSNorm inputs (fp32), attention's q, k, v,
+    output (bf16), SwiGLU's three tensors (bf16), each LoRA branch's bf16 input and one-byte dropout mask."""
+    return 8 * h + 8 * h + 6 * I + 2 * (6 * h + I) + ((6 * h + I) if lora_dropout else 0)
+
+
+def layer_parameters(h, kv, I, qkv_bias):
+    return 2 * h * h + 2 * h * kv + 3 * h * I + 2 * h + (h + 2 * kv if qkv_bias else 0)
+
+
 def training_memory(L, h, kv, I, V, qkv_bias, r=8, tokens=8 * 32 + 8 * 8 * 128):
     """The page's formula, in bytes: parameters, weights, LoRA state, activations without and with checkpointing."""
-    layer = 2 * h * h + 2 * h * kv + 3 * h * I + 2 * h + (h + 2 * kv if qkv_bias else 0)
+    layer = layer_parameters(h, kv, I, qkv_bias)
     params = V * h + L * layer + h
-    per_token_layer = 34 * h + 9 * I
+    per_token_layer = kept_per_token_and_layer(h, I)
     return {
         "params": params,
         "weights": 4 * params,
@@ -321,6 +331,35 @@ def training_memory(L, h, kv, I, V, qkv_bias, r=8, tokens=8 * 32 + 8 * 8 * 128):
         "activations": per_token_layer * L * tokens + 2 * L * layer,
         "checkpointed": 4 * h * L * tokens + per_token_layer * tokens + 2 * layer,
     }
+
+
+def test_the_activation_formula_is_what_autograd_keeps():
+    """Measured with saved-tensor hooks: a LoRA step's forward under bf16 autocast on a small Llama-shaped model.
+    Without LoRA dropout, whose masks the CPU keeps in float32 where CUDA keeps one byte."""
+    from transformers import LlamaConfig, LlamaModel
+
+    from openmatch.modeling.config import LoraSettings
+    from openmatch.modeling.lora import attach
+
+    h, I, kv, layers, batch, length = 256, 688, 64, 2, 8, 128
+    torch.manual_seed(0)
+    base = LlamaModel(LlamaConfig(vocab_size=1000, hidden_size=h, intermediate_size=I, num_hidden_layers=layers,
+                                  num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=length))
+    model = attach(base, LoraSettings(r=8, alpha=16, dropout=0.0))
+    model.train()
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[:, -3:] = 0  # padded, as training batches are
+    kept = {}
+
+    def pack(tensor):
+        kept[(tensor.untyped_storage().data_ptr(), tensor.dtype)] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), torch.autocast("cpu", torch.bfloat16):
+        model(input_ids=torch.randint(0, 1000, (batch, length)), attention_mask=mask, use_cache=False)
+    tokens = batch * length
+    formula = kept_per_token_and_layer(h, I, lora_dropout=False) * layers * tokens + 2 * layers * layer_parameters(h, kv, I, False)
+    assert 0.95 < sum(kept.values()) / formula < 1.08
 
 
 def test_the_memory_table_is_the_formula():
