@@ -169,27 +169,29 @@ def build_qwen2_tokenizer(out_dir: str | os.PathLike, extra_text: list[str] | No
 
 def build_tiny_llm(out_dir: str | os.PathLike, family: str = "llama", seed: int = 0, hidden: int = 32,
                    dropout: float = 0.0, extra_text=None) -> Path:
-    """A randomly initialised 2-layer decoder (``family`` "llama" or "qwen2") saved as its ``...ForCausalLM``,
-    as real checkpoints are, with the matching tokenizer; ``AutoModel`` loads its base model."""
+    """A randomly initialised 2-layer decoder saved as its ``...ForCausalLM``, as real checkpoints are, with
+    the matching tokenizer; ``AutoModel`` loads its base model. ``family``: "llama" and "mistral" (Llama's
+    tokenizer layout), "qwen2" and "qwen3" (Qwen's)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    import transformers
 
+    classes = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
+    if family not in classes:
+        raise ValueError(f"unknown family {family!r} ({', '.join(classes)})")
     out_dir = Path(out_dir)
-    if family == "llama":
+    if family in ("llama", "mistral"):
         tokenizer = build_llama_tokenizer(out_dir, extra_text)
-        config_class, model_class = LlamaConfig, LlamaForCausalLM
         ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
-    elif family == "qwen2":
+    else:
         tokenizer = build_qwen2_tokenizer(out_dir, extra_text)
-        config_class, model_class = Qwen2Config, Qwen2ForCausalLM
         # No pad_token_id, as in Qwen2/Qwen3 releases: it would zero the embedding of <|endoftext|>, their pad and EOS.
         ids = {"bos_token_id": None, "eos_token_id": tokenizer.eos_token_id}
-    else:
-        raise ValueError(f"unknown family {family!r} (llama or qwen2)")
+    config_class = getattr(transformers, f"{classes[family]}Config")
+    model_class = getattr(transformers, f"{classes[family]}ForCausalLM")
     config = config_class(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, attention_dropout=dropout,
-        tie_word_embeddings=True, **ids,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4, max_position_embeddings=256,
+        attention_dropout=dropout, tie_word_embeddings=True, **ids,
     )
     torch.manual_seed(seed)
     model_class(config).save_pretrained(out_dir)

@@ -46,10 +46,14 @@ def perturb_adapters(model, seed=0):
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
 
 
-@pytest.mark.parametrize("fixture", FAMILIES)
-def test_last_token_pooling_is_the_eos_state_under_left_and_right_padding(fixture, request):
-    path = request.getfixturevalue(fixture)
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])
+def test_last_token_pooling_is_the_eos_state_under_left_and_right_padding(family, tmp_path):
+    from tests.tiny_models import build_tiny_llm
+
+    path = build_tiny_llm(tmp_path / family, family)
     model, tokenizer = load(path, pooling="last")
+    assert model.config.plm_backbone_type == {"llama": "LlamaModel", "mistral": "MistralModel", "qwen2": "Qwen2Model",
+                                              "qwen3": "Qwen3Model"}[family]
     base = AutoModel.from_pretrained(str(path)).eval()
     # The tokenizer now appends EOS (Llama's and Qwen2's append nothing), and it is counted in the length.
     plain = AutoTokenizer.from_pretrained(str(path))
@@ -377,3 +381,27 @@ def test_the_memory_table_is_the_formula():
                 f"{m['checkpointed'] / gib:.1f} GiB", f"{(m['weights'] + m['lora'] + m['activations']) / gib:.1f} GiB",
                 f"{(m['weights'] + m['lora'] + m['checkpointed']) / gib:.1f} GiB"]
         assert rows[name][1:] == want, name
+
+
+@pytest.mark.parametrize("case", ["base_moved", "wrong_base"])
+def test_build_index_refuses_a_lora_checkpoint_without_its_base(case, tiny_qwen2, tmp_path, capfd):
+    """Through the command: exit 2, one line naming the checkpoint and the way out, no traceback, no output."""
+    from tests.faults import assert_user_error, files_under, run_command
+    from tests.tiny_models import build_tiny_llm
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_qwen2, base)
+    model, tokenizer = load(base, pooling="last", lora=True)
+    model.save(tmp_path / "ckpt", tokenizer=tokenizer)
+    extra = []
+    if case == "base_moved":
+        shutil.rmtree(base)
+    else:
+        extra = ["--lora_base_model", build_tiny_llm(tmp_path / "other", "qwen2", seed=1)]
+    (tmp_path / "corpus.tsv").write_text("d1\tkalo mine\nd2\tti vo\n")
+    argv = ["--output_dir", tmp_path / "emb", "--model_name_or_path", tmp_path / "ckpt", "--corpus_path",
+            tmp_path / "corpus.tsv", "--doc_column_names", "id,text", "--p_max_len", "16", *extra]
+    outcome = run_command("build_index", argv, capfd)
+    needles = ["ckpt", "--lora_base_model"] + (["is not there"] if case == "base_moved" else ["another base model"])
+    assert_user_error(outcome, *needles)
+    assert files_under(tmp_path / "emb") == set()

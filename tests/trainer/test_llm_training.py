@@ -39,7 +39,7 @@ def test_lora_model_learns_the_synthetic_task(tiny_qwen2, tmp_path):
     train = write_synthetic_task(tiny_qwen2, tmp_path / "train.jsonl", 512, 0)
     val = write_synthetic_task(tiny_qwen2, tmp_path / "val.jsonl", 48, 1)
     trainer = make_trainer(tmp_path / "out", tiny_qwen2, train, *LLM, *SHARP, "--learning_rate", "5e-3",
-                           "--per_device_train_batch_size", "16", "--num_train_epochs", "3", "--logging_steps", "8",
+                           "--per_device_train_batch_size", "16", "--num_train_epochs", "4", "--logging_steps", "8",
                            eval_path=val)
     before = trainer.evaluate()
     trainer.train()
