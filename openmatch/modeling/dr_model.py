@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -223,14 +223,15 @@ class DRModel(nn.Module):
         """Dot-product scores [Q, P] (no temperature: the ranking does not depend on it)."""
         return q_reps @ p_reps.T
 
-    def fingerprint_state(self) -> dict[str, Tensor]:
-        """The weights an index fingerprints (``openmatch.retriever.model_fingerprint``): the state dict, with
-        LoRA adapters folded in as merging would, so merged and unmerged copies of a model match."""
+    def fingerprint_items(self) -> Iterator[tuple[str, Tensor]]:
+        """``(name, tensor)`` pairs, sorted by name, that an index fingerprints
+        (``openmatch.retriever.model_fingerprint``): the state dict, with LoRA adapters folded in as merging
+        would, so merged and unmerged copies of a model are the same model to an index."""
         if any(is_lora(lm) for lm in self._backbones()):
-            from .lora import effective_state_dict
+            from .lora import effective_items
 
-            return effective_state_dict(self)
-        return self.state_dict()
+            return effective_items(self)
+        return iter(sorted(self.state_dict().items()))
 
     supports_gradient_checkpointing = True
 

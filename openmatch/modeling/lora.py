@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Iterator
 import torch
 from torch import nn
 
@@ -155,25 +156,26 @@ def merge(lm: nn.Module) -> nn.Module:
     return lm.merge_and_unload()
 
 
-def effective_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``model``'s state dict as the merged model would have it: adapter tensors left out, each adapted
-    weight replaced by ``W + delta`` and peft's name parts removed.
+def effective_items(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` of ``model``'s state as the merged model would have it, sorted by name: adapter tensors
+    left out, each adapted weight replaced by ``W + delta`` and peft's name parts removed.
 
-    Merging adds peft's own delta to the weight in float32, the same operation as here, so an index built
-    with ``--merge_lora`` and queries encoded without it (or the reverse) get the same fingerprint.
+    Merging adds peft's own delta to the weight in float32, the same operation as here, so an index built with
+    ``--merge_lora`` and queries encoded without it (or the reverse) get the same fingerprint. Each adapted
+    weight is computed when its turn comes, so no more than one extra weight is in memory at a time.
     """
     from peft.tuners.lora import LoraLayer
 
-    deltas = {}
-    for name, module in model.named_modules():
-        if isinstance(module, LoraLayer) and ADAPTER in module.lora_A and not module.merged:
-            deltas[f"{name}.base_layer.weight"] = module.get_delta_weight(ADAPTER)
-    state = {}
-    for key, value in model.state_dict().items():
-        if ".lora_" in key:
-            continue
-        if key in deltas:
-            value = value + deltas[key].to(value.dtype)
-        state[key.replace("base_model.model.", "").replace(".base_layer.", ".")] = value
-    return state
-
+    adapted = {
+        f"{name}.base_layer.weight": module
+        for name, module in model.named_modules()
+        if isinstance(module, LoraLayer) and ADAPTER in module.lora_A and not module.merged
+    }
+    state = model.state_dict()
+    names = {key.replace("base_model.model.", "").replace(".base_layer.", "."): key for key in state if ".lora_" not in key}
+    for name in sorted(names):
+        key = names[name]
+        value = state[key]
+        if key in adapted:
+            value = value + adapted[key].get_delta_weight(ADAPTER).to(value.dtype)
+        yield name, value

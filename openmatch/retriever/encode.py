@@ -121,13 +121,13 @@ def model_fingerprint(model: torch.nn.Module, sample: int = 4096) -> str:
     """A cheap hash of a model's weights (names, shapes and the first ``sample`` values of each tensor).
 
     Stored in the index manifest so that retrieve can refuse a query encoder that is not the model the
-    index was built with; computed before any precision cast so that fp16/bf16 runs agree. A model with a
-    ``fingerprint_state()`` (``DRModel``) chooses the tensors: a LoRA model's as merged, so that merging it
-    for speed (``--merge_lora``) does not make it another model.
+    index was built with; computed before any precision cast so that fp16/bf16 runs agree. A model with
+    ``fingerprint_items()`` (``DRModel``) gives the tensors itself, sorted by name: a LoRA model's as merged,
+    so that merging it for speed (``--merge_lora``) does not make it another model.
     """
     digest = hashlib.sha256()
-    state = model.fingerprint_state() if hasattr(model, "fingerprint_state") else model.state_dict()
-    for name, tensor in sorted(state.items()):
+    items = model.fingerprint_items() if hasattr(model, "fingerprint_items") else sorted(model.state_dict().items())
+    for name, tensor in items:
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
         flat = tensor.detach().reshape(-1)[:sample].to("cpu", torch.float32).numpy()
