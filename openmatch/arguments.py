@@ -23,7 +23,7 @@ from .errors import OpenMatchWarning, UsageError
 
 logger = logging.getLogger(__name__)
 
-POOLING_CHOICES = ("first", "mean")
+POOLING_CHOICES = ("first", "mean", "last")
 # Said in the help of every flag that a checkpoint's openmatch_config.json also stores.
 _STORED = "; with a train_dr checkpoint it must agree with the stored value (an error otherwise)"
 
@@ -43,7 +43,8 @@ class ModelArguments:
     pooling: str = field(
         default="first",
         metadata={
-            "help": "first token or masked mean (encoder-only models)" + _STORED,
+            "help": "first token, masked mean (encoder-only models) or last real token (decoder LLMs; the tokenizer "
+            "then appends its EOS token)" + _STORED,
             "choices": list(POOLING_CHOICES),
         },
     )
@@ -65,9 +66,46 @@ class ModelArguments:
     # is told apart from the default. Not a dataclass field, hence no flag.
     given_flags: ClassVar[Optional[frozenset]] = None
 
+    query_prefix: Optional[str] = field(
+        default=None,
+        metadata={"help": "instruction put in front of every query (e.g. 'query: '); stored in the checkpoint"},
+    )
+    passage_prefix: Optional[str] = field(
+        default=None,
+        metadata={"help": "instruction put in front of every passage (e.g. 'passage: '); stored in the checkpoint"},
+    )
+    lora: bool = field(default=False, metadata={"help": "train LoRA adapters (peft) on a frozen backbone"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (the update is scaled by alpha/r)"})
+    lora_dropout: float = field(default=0.1, metadata={"help": "dropout on the LoRA branch's input"})
+    lora_target_modules: str = field(
+        default="all-linear",
+        metadata={"help": "comma-separated module names given adapters (e.g. q_proj,v_proj), or all-linear"},
+    )
+    lora_base_model: Optional[str] = field(
+        default=None,
+        metadata={"help": "base model of a LoRA checkpoint, if not where it was at training (checked by fingerprint)"},
+    )
+    merge_lora: bool = field(
+        default=False, metadata={"help": "merge a LoRA checkpoint's adapter into its base when loading (faster encoding)"}
+    )
+
     def __post_init__(self):
         if self.temperature is not None and self.temperature <= 0:
             raise UsageError(f"--temperature must be positive, got {self.temperature}")
+        if self.lora_r < 1:
+            raise UsageError(f"--lora_r must be at least 1, got {self.lora_r}")
+        if self.lora_alpha <= 0:
+            raise UsageError(f"--lora_alpha must be positive, got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise UsageError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not [name for name in self.lora_target_modules.split(",") if name.strip()]:
+            raise UsageError("--lora_target_modules names no module")
+        if self.lora and self.merge_lora:
+            raise UsageError(
+                "--merge_lora folds a trained adapter into its base for encoding; it cannot be combined with --lora, "
+                "which trains one"
+            )
 
 
 @dataclass

@@ -4,6 +4,9 @@ Layout (docs/formats.md#checkpoint-folder): the backbone's Hugging Face files, a
 (``linear.safetensors``, OpenMatch's ``linear.pt`` and ``head_config.json``) and ``openmatch_config.json``,
 written last as the completion marker. Untied models keep one tower per side in ``query_model/`` and
 ``passage_model/``; OpenMatch puts untied heads in ``query_head/`` and ``passage_head/``, which load too.
+A LoRA model's folder holds its adapter instead of the backbone's files (:mod:`openmatch.modeling.lora`);
+the base is loaded from where ``openmatch_config.json`` says (or ``--lora_base_model``) and checked by
+fingerprint.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from ..arguments import ModelArguments
 from ..dataset.tokenization import require_pad_id
 from ..errors import InputError, MissingInputError, UsageError
 from ..utils import atomic_output, write_json_atomic
-from .config import DECODER_BACKBONES, T5_ENCODER_BACKBONES, DRModelConfig, TrainingSettings
+from . import lora
+from .config import DECODER_BACKBONES, T5_ENCODER_BACKBONES, DRModelConfig, Instructions, LoraSettings, TrainingSettings
 from .dr_model import DRModel, LinearHead
 
 logger = logging.getLogger(__name__)
@@ -183,7 +187,10 @@ def _write(model: DRModel, folder: Path, tokenizer) -> None:
             (folder / PASSAGE_MODEL_DIR, model.lm_p, model.head_p),
         ]
     for tower, lm, head in towers:
-        lm.save_pretrained(tower)
+        if model.config.lora is not None and lora.is_lora(lm):
+            lora.save_adapter(lm, tower, model.config.lora.base_model)
+        else:
+            lm.save_pretrained(tower)
         if head is not None:
             save_head(head, tower)
     if tokenizer is not None:
@@ -323,6 +330,11 @@ def _build_from_hf(model_class: type[DRModel], path: str, model_args: ModelArgum
         class_name = "AutoModel"
     if model_args.feature not in ("last_hidden_state", "pooler_output"):
         raise UsageError(f"--feature must be last_hidden_state or pooler_output, got {model_args.feature!r}")
+    if model_args.pooling == "first" and _is_decoder_only(hf_config):
+        raise UsageError(
+            f"{path} is a decoder-only model ({model_type}): with --pooling first every text would be represented "
+            "by its first token, which attends to nothing after it; use --pooling last (or mean)"
+        )
     lm_q = _load_backbone(class_name, path, model_args, config=hf_config)
     if class_name == "AutoModel":
         class_name = type(lm_q).__name__
@@ -337,6 +349,14 @@ def _build_from_hf(model_class: type[DRModel], path: str, model_args: ModelArgum
         normalize=model_args.normalize,
         training=TrainingSettings(temperature=1.0 if model_args.temperature is None else model_args.temperature),
     )
+    if model_args.query_prefix or model_args.passage_prefix:
+        config.instructions = tokenize_instructions(
+            _load_tokenizer(model_args.tokenizer_name or path, model_args), model_args, config.pooling
+        )
+    if model_args.lora:
+        lm_q = _attach_lora(lm_q, path, model_args, config)
+    elif model_args.merge_lora:
+        logger.warning("%s is not a LoRA checkpoint: --merge_lora has no adapter to merge", path)
     head_q = None
     if model_args.add_linear_head:
         hidden = getattr(lm_q.config, "d_model", None) or lm_q.config.hidden_size
@@ -369,13 +389,20 @@ def _build_from_checkpoint(model_class: type[DRModel], path: Path, model_args: M
         # is kept, so resuming training from it optimises the same loss it was trained with.
         config.training.temperature = model_args.temperature
     _refuse_conflicts(path, config, model_args)
+    if model_args.merge_lora and config.lora is None:
+        logger.warning("%s is not a LoRA checkpoint: --merge_lora has no adapter to merge", path)
     if config.feature not in ("last_hidden_state", "pooler_output"):
         raise InputError(f"{path / CONFIG_NAME}: unsupported feature {config.feature!r}")
     towers = [path] if config.tied else [path / QUERY_MODEL_DIR, path / PASSAGE_MODEL_DIR]
     lms, heads = [], []
     for tower, openmatch_head_dir in zip(towers, OPENMATCH_HEAD_DIRS):
-        _check_backbone_folder(tower)
-        lms.append(_load_backbone(config.plm_backbone_type, str(tower), model_args))
+        if config.lora is not None:
+            lms.append(_load_lora_tower(tower, config, model_args))
+        else:
+            _check_backbone_folder(tower)
+            lms.append(_load_backbone(config.plm_backbone_type, str(tower), model_args))
+            if model_args.lora:  # a fully trained checkpoint as the frozen base of new adapters
+                lms[-1] = _attach_lora(lms[-1], str(path), model_args, config)
         if config.linear_head:
             head_dir = tower
             if not config.tied and not _has_head(tower) and _has_head(path / openmatch_head_dir):
@@ -388,6 +415,154 @@ def _build_from_checkpoint(model_class: type[DRModel], path: Path, model_args: M
     if config.tied:
         return model_class(config, lms[0], None, heads[0], None)
     return model_class(config, lms[0], lms[1], heads[0], heads[1])
+
+
+def load_lora_weights(model: DRModel, path: str | os.PathLike) -> None:
+    """Load the adapter (and head) of LoRA checkpoint ``path`` into ``model``, a LoRA model on the same base.
+
+    What resuming a LoRA run needs: the frozen base is already in ``model`` and is not read again (for a 7B
+    model that would double the memory), only the tensors the run trains.
+    """
+    path = Path(path)
+    stored = read_config(path)
+    mine = model.config.lora
+    if stored.lora is None or mine is None or not model.config.tied:
+        raise InputError(f"{path}: a LoRA checkpoint resumes only a LoRA model (tied) and the other way round")
+    if stored.lora.base_fingerprint != mine.base_fingerprint:
+        raise InputError(f"{path}: its adapter was trained on another base model than {mine.base_model}")
+    lora.check_adapter_folder(path)
+    lora.load_adapter_weights(model.lm_q, path)
+    if stored.linear_head != (model.head_q is not None):
+        raise InputError(f"{path}: checkpoint {'has' if stored.linear_head else 'has no'} linear head, the model "
+                         f"{'has none' if stored.linear_head else 'has one'}")
+    if model.head_q is not None:
+        head = load_head(path)
+        if head.linear.weight.shape != model.head_q.linear.weight.shape:
+            raise InputError(f"{path}: linear head is {head.input_dim}->{head.output_dim}, the model's "
+                             f"{model.head_q.input_dim}->{model.head_q.output_dim}")
+        with torch.no_grad():
+            model.head_q.linear.weight.copy_(head.linear.weight)
+
+
+def _is_decoder_only(hf_config) -> bool:
+    """A causal LM family (Llama, Mistral, Qwen, GPT-2, ...) and not an encoder that also has a causal head (BERT)."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    model_type = getattr(hf_config, "model_type", "")
+    return (
+        not getattr(hf_config, "is_encoder_decoder", False)
+        and model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    )
+
+
+def _attach_lora(lm: nn.Module, base: str, model_args: ModelArguments, config: DRModelConfig) -> nn.Module:
+    """Fresh adapters on ``lm`` (loaded from ``base``); ``config.lora`` records them and the base's fingerprint."""
+    if not config.tied:
+        raise UsageError("--lora trains one adapter for queries and passages; it cannot be combined with --untie_encoder")
+    config.lora = LoraSettings(
+        r=model_args.lora_r,
+        alpha=model_args.lora_alpha,
+        dropout=model_args.lora_dropout,
+        target_modules=lora.parse_target_modules(model_args.lora_target_modules),
+        # An absolute folder, so that the checkpoint finds its base from any working directory.
+        base_model=str(Path(base).resolve()) if os.path.isdir(base) else base,
+        base_fingerprint=lora.weights_fingerprint(lm),
+    )
+    return lora.attach(lm, config.lora)
+
+
+def _load_lora_tower(folder: Path, config: DRModelConfig, model_args: ModelArguments) -> nn.Module:
+    """The base model of a LoRA checkpoint with its adapter (merged into it under ``--merge_lora``)."""
+    lora.check_adapter_folder(folder)
+    settings = config.lora
+    base = model_args.lora_base_model or settings.base_model
+    if os.path.isdir(base):
+        _check_backbone_folder(Path(base))
+    elif os.path.isabs(base) or base.startswith("."):  # a folder, not a Hugging Face model name
+        if model_args.lora_base_model:
+            raise MissingInputError(f"{base}: no such folder (--lora_base_model)")
+        raise MissingInputError(
+            f"{folder}: its LoRA base model {base} is not there; pass the base's folder with --lora_base_model"
+        )
+    base_lm = _load_backbone(config.plm_backbone_type, base, model_args)
+    found = lora.weights_fingerprint(base_lm)
+    if found != settings.base_fingerprint:
+        raise InputError(
+            f"{folder}: its LoRA adapter was trained on another base model than {base} (weight fingerprint "
+            f"{found[:12]}, expected {settings.base_fingerprint[:12]}); pass the right one with --lora_base_model"
+        )
+    lm = lora.load_adapter(base_lm, folder)
+    if model_args.merge_lora:
+        lm = lora.merge(lm)
+        config.lora = None  # a plain backbone now: saving it writes the merged weights in full
+    return lm
+
+
+def tokenize_instructions(tokenizer, model_args: ModelArguments, pooling: str) -> Instructions:
+    """``--query_prefix`` / ``--passage_prefix`` as token ids (no special tokens), and how many of the
+    tokenizer's leading special tokens (e.g. ``<s>``, ``[CLS]``) they follow."""
+    from ..dataset.tokenization import SpecialTokenLayout
+
+    prepare_tokenizer(tokenizer, pooling, model_args.tokenizer_name or model_args.model_name_or_path)
+    ids = {}
+    for side in ("query", "passage"):
+        text = getattr(model_args, f"{side}_prefix") or ""
+        ids[side] = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        if text and not ids[side]:
+            raise UsageError(f"--{side}_prefix {text!r} is no token at all for this tokenizer")
+    return Instructions(
+        query=model_args.query_prefix or "", passage=model_args.passage_prefix or "",
+        query_ids=ids["query"], passage_ids=ids["passage"], offset=len(SpecialTokenLayout(tokenizer).prefix),
+    )
+
+
+def prepare_tokenizer(tokenizer, pooling: str, source: str) -> None:
+    """Make ``tokenizer`` fit last-token pooling: it appends its EOS token to every text, and pads with EOS
+    when it has no pad token (padding is masked, so the id does not matter).
+
+    The EOS is added by the tokenizer's own post-processor, so every path that tokenises (training data
+    through ``SpecialTokenLayout``, ``build_index``, ``retrieve``, the API) gets it, and truncation keeps room
+    for it. A tokenizer that appends it already (Qwen3-Embedding's) is left as it is. Other poolings: unchanged.
+    """
+    if pooling != "last":
+        return
+    if tokenizer.eos_token_id is None:
+        raise InputError(f"{source}: tokenizer has no EOS token, which last-token pooling appends to every text")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if _appends_eos(tokenizer):
+        return
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise InputError(f"{source}: tokenizer {type(tokenizer).__name__} is not a fast tokenizer; cannot make it append EOS")
+    from tokenizers import processors
+
+    eos, eos_id = str(tokenizer.eos_token), tokenizer.eos_token_id
+    append = processors.TemplateProcessing(single=f"$A {eos}", pair=f"$A $B:1 {eos}:1", special_tokens=[(eos, eos_id)])
+    current = backend.post_processor
+    backend.post_processor = append if current is None else processors.Sequence([current, append])
+    if not _appends_eos(tokenizer):  # pragma: no cover - a post-processor the tokenizer does not run
+        raise InputError(f"{source}: could not make tokenizer {type(tokenizer).__name__} append its EOS token")
+
+
+def _appends_eos(tokenizer) -> bool:
+    ids = tokenizer("hello", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[-1] == tokenizer.eos_token_id
+
+
+def _load_tokenizer(source: str, model_args: ModelArguments):
+    """The tokenizer of a model about to be built (its instructions are tokenised before the model exists)."""
+    from transformers import AutoTokenizer
+
+    kwargs = {"cache_dir": model_args.cache_dir} if model_args.cache_dir else {}
+    try:
+        return AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as err:
+        raise InputError(f"{source}: cannot load a tokenizer ({err}); pass --tokenizer_name") from None
 
 
 def _refuse_conflicts(path: Path, config: DRModelConfig, model_args: ModelArguments) -> None:
@@ -414,6 +589,10 @@ def _refuse_conflicts(path: Path, config: DRModelConfig, model_args: ModelArgume
         # OpenMatch's checkpoints do not store the sizes (None): their head files are checked when loaded.
         checks += [(name, getattr(config, name)) for name in ("projection_in_dim", "projection_out_dim")
                    if getattr(config, name) is not None]
+    instructions = config.instructions or Instructions()
+    checks += [("query_prefix", instructions.query), ("passage_prefix", instructions.passage)]
+    if config.lora is not None:
+        checks += [("lora_r", config.lora.r), ("lora_alpha", config.lora.alpha), ("lora_dropout", config.lora.dropout)]
     conflicts = []
     for name, stored in checks:
         flag = getattr(model_args, name)
@@ -429,7 +608,8 @@ def _refuse_conflicts(path: Path, config: DRModelConfig, model_args: ModelArgume
 
 def load_model_and_tokenizer(model_args: ModelArguments):
     """The ``(DRModel, tokenizer)`` pair every driver uses; the tokenizer comes from ``--tokenizer_name``
-    or the model folder (for untied checkpoints without a root tokenizer, from ``query_model/``)."""
+    or the model folder (for untied checkpoints without a root tokenizer, from ``query_model/``). Under
+    last-token pooling it is made to append EOS (:func:`prepare_tokenizer`)."""
     from transformers import AutoTokenizer
 
     model = build_model(model_args)
@@ -444,6 +624,7 @@ def load_model_and_tokenizer(model_args: ModelArguments):
         if model_args.tokenizer_name:
             raise InputError(f"--tokenizer_name {source}: cannot load a tokenizer ({reason})") from None
         raise InputError(f"{source}: cannot load a tokenizer ({reason}); pass --tokenizer_name") from None
+    prepare_tokenizer(tokenizer, model.config.pooling, source)
     require_pad_id(tokenizer, source)
     return model, tokenizer
 

@@ -130,10 +130,12 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     model agrees with its float32 copy; float32 tensors on the CPU are hashed in place, without a copy. A
     tensor shared under several names (tied embeddings) is hashed once. Tensors are hashed on several
     threads (hashlib releases the GIL): SHA-256 runs at about 1.7 GB/s per core, so a BERT-base (110M
-    weights) costs about 0.3 s of CPU time.
+    weights) costs about 0.3 s of CPU time. A model with ``fingerprint_items()`` (``DRModel``) gives the
+    tensors itself, sorted by name: a LoRA model's as merged, so that merging it for speed (``--merge_lora``)
+    does not make it another model.
     """
     entries, tensors, first_name = [], [], {}
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in _fingerprint_items(model):
         tensor = tensor.detach()
         key = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.dtype,
                tuple(tensor.shape), tensor.stride())
@@ -153,6 +155,10 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return f"{FINGERPRINT_SCHEME}:{digest.hexdigest()}"
 
 
+def _fingerprint_items(model: torch.nn.Module):
+    return model.fingerprint_items() if hasattr(model, "fingerprint_items") else sorted(model.state_dict().items())
+
+
 def _tensor_digest(tensor: torch.Tensor) -> bytes:
     if tensor.is_floating_point() and tensor.dtype != torch.float32:
         tensor = tensor.float()
@@ -163,7 +169,7 @@ def _tensor_digest(tensor: torch.Tensor) -> bytes:
 def _legacy_fingerprint(model: torch.nn.Module, sample: int = 4096) -> str:
     # What indexes built before the full-weight hash stored: the first ``sample`` values of each tensor.
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in _fingerprint_items(model):
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
         flat = tensor.detach().reshape(-1)[:sample].to("cpu", torch.float32).numpy()

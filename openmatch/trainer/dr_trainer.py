@@ -26,7 +26,7 @@ from transformers.training_args import ParallelMode
 from ..distributed import gather_with_grad
 from ..errors import InputError, OpenMatchError, ResourceError, UsageError
 from ..modeling import ContrastiveLoss, DRModel, batch_false_negative_mask
-from ..modeling.checkpoint import CONFIG_NAME, TRAINER_ARGS_NAME
+from ..modeling.checkpoint import CONFIG_NAME, TRAINER_ARGS_NAME, load_lora_weights, read_config
 from ..utils import dataclasses_to_dict, write_json_atomic
 from .gradcache import GradCache
 from .retrieval_eval import RetrievalValidation, parse_ks
@@ -278,6 +278,9 @@ class DRTrainer(Trainer):
         if not (path / CONFIG_NAME).exists():
             raise InputError(f"{path}: not a DRTrainer checkpoint (no {CONFIG_NAME}); cannot resume from it")
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        if read_config(path).lora is not None or target.config.lora is not None:
+            load_lora_weights(target, path)  # the adapter only: the frozen base is already in the model
+            return
         loaded = DRModel.load(path)
         missing, unexpected = target.load_state_dict(loaded.state_dict(), strict=False)
         if missing or unexpected:
