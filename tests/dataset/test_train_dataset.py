@@ -201,6 +201,13 @@ def test_empty_file_is_an_error(tmp_path):
          '"negatives"[0] holds token id 5000, beyond the tokenizer\'s 4096 tokens (was the file tokenised with another tokenizer?)'),
         ('{"query": [1], "positives": [[4]], "negatives": []}', "no negatives, but --train_n_passages 2 needs 1"),
         ('{"query": [1, 2], "positives": [[4]]', "invalid JSON: Expecting ',' delimiter"),
+        # Each of these gets past some of the quick checks of a line: the thorough ones word it.
+        ('{"query": ["1"], "positives": [["4"]], "negatives": [["3"]]}', '"query" must hold non-negative integer token ids'),
+        ('{"query": [1], "positives": [[4]], "negatives": [[3e2]]}', '"negatives"[0] must hold non-negative integer token ids'),
+        ('{"query": [1], "positives": [[[4]]], "negatives": [[3]]}', '"positives"[0] must hold non-negative integer token ids'),
+        ('{"query": [1], "positives": [[{"4": 4}]], "negatives": [[3]]}', '"positives"[0] must hold non-negative integer token ids'),
+        ('{"query": [1], "positives": [[4, null]], "negatives": [[3]]}', '"positives"[0] must hold non-negative integer token ids'),
+        ('{"query": [1], "positives": {"a": [4]}, "negatives": [[3]]}', 'no positive passages ("positives" is missing or empty)'),
     ],
 )
 def test_every_line_is_checked_before_training(tmp_path, bad, message):
