@@ -225,6 +225,10 @@ def record_id(record: dict, id_key: str, path=None, line: Optional[int] = None) 
     return check_id(record.get(id_key), path, line)
 
 
+# What a header calls the id column, besides the id keys (MS MARCO's, BEIR's and TREC's names).
+_HEADER_ID_NAMES = (*ID_KEYS, "qid", "pid", "docid", "doc_id", "query_id", "query-id", "corpus-id", "passage_id")
+
+
 # -- the parser --------------------------------------------------------------------------------------------
 
 
@@ -257,13 +261,13 @@ class RecordParser:
 
     def is_header(self, raw: bytes, line_no: int) -> bool:
         """Whether the first line of a TSV whose columns were named by the caller is a header naming them
-        again (``id<TAB>title<TAB>text``); any of the id keys stands for an id column."""
+        again (``id<TAB>title<TAB>text``, any letter case); the id column may be headed by any usual id name."""
         if self.jsonl or self.names is None:
             return False
         fields = [field.strip().lower() for field in decode_line(raw, self.path, line_no).split("\t")]
         names = [name.lower() for name in self.names]
         return len(fields) == len(names) and all(
-            field == name or (field in ID_KEYS and name in ID_KEYS) for field, name in zip(fields, names)
+            field == name or (field in _HEADER_ID_NAMES and name in ID_KEYS) for field, name in zip(fields, names)
         )
 
     def header_hint(self) -> str:
@@ -340,11 +344,9 @@ def no_records(path) -> DataFormatError:
 
 
 def check_not_empty(path: str | os.PathLike, column_names=None) -> None:
-    """Refuse a record file without a data line, or whose first record has no valid id or the wrong columns,
-    before any work is spent on it."""
+    """Refuse a record file without a data line, before any work is spent on it."""
     parser = RecordParser(path, column_names)
-    for line_no, raw in iter_raw_data_lines(path, parser):
-        parser.parse(raw, line_no)
+    for _ in iter_raw_data_lines(path, parser):
         return
     if parser.header_line is not None:
         raise DataFormatError(path, None, "no records: the file holds a single line, read as its header" + parser.header_hint())

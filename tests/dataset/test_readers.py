@@ -145,9 +145,10 @@ def test_a_header_repeating_the_column_names_is_skipped_with_a_warning(tmp_path)
     assert [str(w.message) for w in caught] == [
         f"{path}:1: skipped a header line (ID, Title, text); the columns are named by id,title,text"
     ]
-    # Any id key heads the id column; a first line that only resembles a header is data.
-    with pytest.warns(OpenMatchWarning, match="skipped a header line"):
-        assert list(load_id_records(write(tmp_path / "q.tsv", "_id\ttext\nq1\tx\n"), "id,text")) == ["q1"]
+    # The id column may be headed by any usual id name; a first line that only resembles a header is data.
+    for name in ("_id", "qid", "docid", "query-id"):
+        with pytest.warns(OpenMatchWarning, match="skipped a header line"):
+            assert list(load_id_records(write(tmp_path / "q.tsv", f"{name}\ttext\nq1\tx\n"), "id,text")) == ["q1"]
     assert list(load_id_records(write(tmp_path / "r.tsv", "1\ttitle\ttext\n"), "id,title,text")) == ["1"]
 
 

@@ -261,7 +261,7 @@ def test_a_headerless_tsv_without_column_names_hints_at_the_flag(command, collec
         flag, path = "--query_column_names", collection.queries
         assert not (tmp_path / "run.trec").exists()
     assert_user_error(outcome, f"{path}:2: no id field", "line 1 was read as the header",
-                      f"a file without a header line needs {flag}")
+                      f"a file without a header line needs {flag}, e.g. id,title,text)")
 
 
 # -- 5. null and non-text fields ------------------------------------------------------------------------------
