@@ -22,8 +22,7 @@ from transformers import set_seed
 
 from ..arguments import DataArguments, DRTrainingArguments, ModelArguments
 from ..cli import main_wrapper, parse_args
-from ..dataset.records import DataFormatError, decode_json_object, iter_lines
-from ..dataset.train_dataset import TrainCollator, TrainDataset, resolve_train_files
+from ..dataset.train_dataset import TrainCollator, TrainDataset, resolve_train_files, scan_training_file
 from ..distributed import teardown_distributed
 from ..errors import InputError, MissingInputError, OutputExistsError, UsageError
 from ..modeling import load_model_and_tokenizer
@@ -97,34 +96,16 @@ def check_output_dir(output_dir: str | os.PathLike) -> None:
 
 
 def check_training_data(data_args, vocab_size: Optional[int]) -> None:
-    """Every token id of the training (and validation) files below the model's vocabulary size, checked before
-    the model is loaded: an id out of range would otherwise end the first step with an IndexError."""
-    if vocab_size is None:
-        return
-    try:  # the full-format scan of openmatch.dataset, where that module has it
-        from ..dataset.train_dataset import scan_training_file
-    except ImportError:
-        scan_training_file = _check_token_ids
+    """Every line of the training (and validation) files checked (:func:`scan_training_file`: types, empty lists,
+    token ids below the model's vocabulary size) before the model is loaded: an id out of range would otherwise
+    end the first step with an IndexError. The datasets built afterwards skip the check."""
     paths = resolve_train_files(data_args.train_path, data_args.train_dir)
     if data_args.eval_path:
         if not os.path.isfile(data_args.eval_path):
             raise MissingInputError(f"{data_args.eval_path}: no such file (--eval_path)")
         paths.append(data_args.eval_path)
     for path in paths:
-        scan_training_file(path, vocab_size)
-
-
-def _check_token_ids(path: str, vocab_size: int) -> None:
-    # Only the ids' range: the record's shape is checked where the dataset reads it.
-    for line_no, line in iter_lines(path):
-        record = decode_json_object(line, path, line_no)
-        lists = [record.get("query")] + list(record.get("positives") or []) + list(record.get("negatives") or [])
-        ids = [tok for ids in lists if isinstance(ids, list) for tok in ids if isinstance(tok, int)]
-        if ids and max(ids) >= vocab_size:
-            raise DataFormatError(
-                path, line_no, f"token id {max(ids)} is not below the model's vocabulary size {vocab_size} "
-                "(was the file tokenised for another model?)"
-            )
+        scan_training_file(path, vocab_size, data_args.train_n_passages)
 
 
 def build_trainer(model_args, data_args, training_args, callbacks=None) -> DRTrainer:
@@ -140,9 +121,9 @@ def build_trainer(model_args, data_args, training_args, callbacks=None) -> DRTra
     model, tokenizer = load_model_and_tokenizer(model_args)
     check_max_len(model, q_max_len=data_args.q_max_len, p_max_len=data_args.p_max_len)
     data_seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
-    train_dataset = TrainDataset.from_args(data_args, tokenizer, seed=data_seed)
+    train_dataset = TrainDataset.from_args(data_args, tokenizer, seed=data_seed, check_lines=False)
     eval_dataset = (
-        TrainDataset.from_args(data_args, tokenizer, seed=data_seed, path=data_args.eval_path)
+        TrainDataset.from_args(data_args, tokenizer, seed=data_seed, path=data_args.eval_path, check_lines=False)
         if data_args.eval_path
         else None
     )
