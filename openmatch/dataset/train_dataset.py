@@ -84,7 +84,7 @@ def _check_ids(value, path: str, line: int, what: str, vocab_size: Optional[int]
         raise DataFormatError(path, line, f"{what} must hold non-negative integer token ids")
     if vocab_size is not None and max(value) >= vocab_size:
         raise DataFormatError(
-            path, line, f"{what} holds token id {max(value)}, beyond the tokenizer's {vocab_size} tokens (was the file "
+            path, line, f"{what} holds token id {max(value)}, beyond the vocabulary of {vocab_size} tokens (was the file "
             "tokenised with another tokenizer?)"
         )
     return value

@@ -198,7 +198,7 @@ def test_empty_file_is_an_error(tmp_path):
         ('{"query": [1], "positives": [[4]], "negatives": [[-3]]}', '"negatives"[0] must hold non-negative integer token ids'),
         ('{"query": [1], "positives": [[4]], "negatives": {"a": [3]}}', '"negatives" must be a list of token-id lists'),
         ('{"query": [1], "positives": [[4]], "negatives": [[3, 5000]]}',
-         '"negatives"[0] holds token id 5000, beyond the tokenizer\'s 4096 tokens (was the file tokenised with another tokenizer?)'),
+         '"negatives"[0] holds token id 5000, beyond the vocabulary of 4096 tokens (was the file tokenised with another tokenizer?)'),
         ('{"query": [1], "positives": [[4]], "negatives": []}', "no negatives, but --train_n_passages 2 needs 1"),
         ('{"query": [1, 2], "positives": [[4]]', "invalid JSON: Expecting ',' delimiter"),
         # Each of these gets past some of the quick checks of a line: the thorough ones word it.
@@ -225,7 +225,7 @@ def test_a_good_file_passes_the_check(tmp_path):
     path = write_jsonl(tmp_path / "train.jsonl", [example(i) for i in range(5)] + ["  "])
     assert scan_training_file(path, vocab_size=4096, train_n_passages=2) == 5
     assert scan_training_file(path) == 5  # no vocabulary: types and emptiness only
-    with pytest.raises(DataFormatError, match="beyond the tokenizer's 3000 tokens"):
+    with pytest.raises(DataFormatError, match="beyond the vocabulary of 3000 tokens"):
         scan_training_file(path, vocab_size=3000)
 
 

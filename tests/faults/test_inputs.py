@@ -377,7 +377,7 @@ def test_a_bad_training_line_stops_train_dr_before_training(case, tiny_bert, tra
     lines = training_lines(40)
     if case == "token_id_beyond_vocabulary":
         lines[30] = json.dumps({"query": [5, 6], "positives": [[8, 9]], "negatives": [[11, 10 ** 6]]})
-        needle = f'"negatives"[0] holds token id {10 ** 6}, beyond the tokenizer\'s'
+        needle = f'"negatives"[0] holds token id {10 ** 6}, beyond the vocabulary of'
     elif case == "empty_positive":
         lines[30] = json.dumps({"query": [5, 6], "positives": [[]], "negatives": [[11]]})
         needle = '"positives"[0] must be a non-empty list of token ids'
