@@ -17,7 +17,8 @@ the real command, with the flags ``scripts/msmarco/run_recipe.sh`` gives it:
 - ``build_hn``: ``scripts/msmarco/build_hn.py`` on a synthetic train-query run at ``--depth`` (distinct random
   passages, sorted random scores: the recipe's run shape without retrieving; queries/s).
 
-A stage whose inputs are missing gets them made first, unmeasured. Measured per stage: wall time, and memory
+A stage whose inputs are missing gets them made first, unmeasured. ``--max_queries N`` runs build_train and
+build_hn on the first N train queries only (still reading the whole collection): fixed costs at large f. Measured per stage: wall time, and memory
 three ways:
 
 - peak RSS: the peak over time of the summed RSS of the whole process tree (the stage's process and every
@@ -73,6 +74,7 @@ class Measured:
     """One command's wall time and memory."""
 
     seconds: float
+    cpu_seconds: float  # user + system CPU of the process and the descendants it reaped (wait4)
     peak_rss_mb: float  # max over samples of the summed RSS of the process tree
     peak_pss_mb: float  # the same with PSS (shared pages counted once in all), sampled less often
     max_process_rss_mb: float  # exact peak RSS of the largest single process (wait4's ru_maxrss)
@@ -150,7 +152,8 @@ def measure(argv: list[str], log_path: Path, env: dict, interval: float = 0.2) -
         sampler.done.set()
         sampler.join()
     return Measured(
-        seconds=round(seconds, 3), peak_rss_mb=round(sampler.peak / MB, 1), peak_pss_mb=round(sampler.peak_pss / MB, 1),
+        seconds=round(seconds, 3), cpu_seconds=round(usage.ru_utime + usage.ru_stime, 3),
+        peak_rss_mb=round(sampler.peak / MB, 1), peak_pss_mb=round(sampler.peak_pss / MB, 1),
         max_process_rss_mb=round(usage.ru_maxrss * 1024 / MB, 1),  # Linux reports kilobytes
         processes=len(sampler.seen), samples=sampler.samples, returncode=proc.returncode,
     )
@@ -164,7 +167,8 @@ class Row:
     stage: str
     f: float
     seconds: float
-    items: int
+    cpu_seconds: float
+    items: float
     unit: str
     per_s: float
     peak_rss_mb: float
@@ -179,7 +183,7 @@ class Row:
 
 
 class StageFailed(RuntimeError):
-    pass
+    """A stage, or an unmeasured step making its inputs, exited with a non-zero status."""
 
 
 class Workspace:
@@ -192,7 +196,9 @@ class Workspace:
         self.prep = self.root / "prepared"
         self.processed = self.root / "processed"
         self.index = self.root / "index"
-        self.run_file = self.root / "results" / f"synthetic.train.depth{args.depth}.trec"
+        head = f".head{args.max_queries}" if args.max_queries else ""
+        self.run_file = self.root / "results" / f"synthetic.train.depth{args.depth}{head}.trec"
+        self.negatives = self.prep / f"train.negatives{head}.tsv"
         self.retrieved = self.root / "results" / "retrieved.trec"
         self.logs = self.root / "logs"
         self.env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
@@ -224,8 +230,13 @@ class Workspace:
                 print(f"  (f={self.f:g}: making {need}'s output first, unmeasured)", flush=True)
                 self.execute(need, measured=False)
         if stage == "build_hn" and not self.run_file.is_file():
+            limit = ["--run_queries", str(self.args.max_queries)] if self.args.max_queries else []
             self.setup([self.py, str(REPO / "benchmarks" / "make_synthetic_marco.py"), "--output_dir", str(self.marco),
-                        "--run", str(self.run_file), "--depth", str(self.args.depth), "--seed", str(self.args.seed)])
+                        "--run", str(self.run_file), "--depth", str(self.args.depth), "--seed", str(self.args.seed), *limit])
+        if stage == "build_train" and self.args.max_queries:
+            with open(self.prep / "train.negatives.tsv", "rb") as full, open(self.negatives, "wb") as head:
+                for _, line in zip(range(self.args.max_queries), full):
+                    head.write(line)
 
     def setup(self, argv: list[str]) -> None:
         """Run an unmeasured preparation step in its own process, so this one stays small (see :func:`measure`)."""
@@ -278,9 +289,9 @@ class Workspace:
         if stage == "prepare":
             return ["bash", str(scripts / "prepare_marco.sh"), str(self.marco), str(self.prep)], passages, "passages"
         if stage == "build_train":
-            negatives = self.prep / "train.negatives.tsv"
-            argv = [self.py, str(scripts / "build_train.py"), "--negative_file", str(negatives), *self.preprocessing_flags()]
-            return argv, count_lines(negatives), "queries"
+            argv = [self.py, str(scripts / "build_train.py"), "--negative_file", str(self.negatives),
+                    *self.preprocessing_flags()]
+            return argv, count_lines(self.negatives), "queries"
         if stage == "build_index":
             shard = ["--max_inmem_docs", str(a.shard_size)] if a.shard_size else []
             argv = [self.py, "-m", "openmatch.driver.build_index", "--output_dir", str(self.index), *self.model_flags(),
@@ -296,7 +307,7 @@ class Workspace:
         if stage == "build_hn":
             argv = [self.py, str(scripts / "build_hn.py"), "--hn_file", str(self.run_file), "--depth", str(a.depth),
                     *self.preprocessing_flags()]
-            return argv, count_lines(self.marco / "train.query.txt"), "queries"
+            return argv, count_run_queries(self.run_file), "queries"
         raise ValueError(stage)
 
     def execute(self, stage: str, measured: bool = True) -> Row | None:
@@ -318,12 +329,14 @@ class Workspace:
             items = round(manifest["total_bytes"] / 1e6, 1)
             extra = {"bytes": manifest["bytes"], "lines": manifest["lines"]}
         if stage in ("build_train", "build_hn"):
+            if self.args.max_queries:
+                extra["max_queries"] = self.args.max_queries
             extra["output_mb"] = round(sum(p.stat().st_size for p in self.processed.glob(
                 "split*[0-9].jsonl" if stage == "build_train" else "split*.hn.jsonl")) / 1e6, 1)
         if stage == "build_index":
             extra["index_mb"] = round(sum(p.stat().st_size for p in self.index.iterdir() if p.is_file()) / 1e6, 1)
             extra["shards"] = len(list(self.index.glob("*.npy")))
-        return Row(stage=stage, f=self.f, seconds=result.seconds, items=items, unit=unit,
+        return Row(stage=stage, f=self.f, seconds=result.seconds, cpu_seconds=result.cpu_seconds, items=items, unit=unit,
                    per_s=round(items / result.seconds, 1) if result.seconds > 0 else 0.0,
                    peak_rss_mb=result.peak_rss_mb, peak_pss_mb=result.peak_pss_mb, max_process_rss_mb=result.max_process_rss_mb,
                    processes=result.processes, samples=result.samples, passages=manifest.get("passages", 0),
@@ -343,6 +356,17 @@ def count_lines(path: Path) -> int:
     with open(path, "rb") as handle:
         while block := handle.read(16 * MB):
             n += block.count(b"\n")
+    return n
+
+
+def count_run_queries(path: Path) -> int:
+    """Queries of a TREC run whose hits are contiguous per query."""
+    n, last = 0, None
+    with open(path, "rb") as handle:
+        for line in handle:
+            qid = line.split(None, 1)[0]
+            if qid != last:
+                n, last = n + 1, qid
     return n
 
 
@@ -370,8 +394,13 @@ def minilm_path() -> str | None:
 # ------------------------------------------------------------------------------------------------ report
 
 
+FITTED = {"seconds": "time", "cpu_seconds": "cpu", "peak_rss_mb": "rss", "peak_pss_mb": "pss"}
+
+
 def fit(rows: list[Row]) -> dict:
-    """Per stage with two or more f: log-log slopes of time and peak RSS, and the line RSS = a + b·f."""
+    """Per stage measured at two or more f, for wall time, CPU time, peak RSS and peak PSS: the log-log slope
+    (``<name>_exponent``: 1 = linear in f, 0 = flat) and the least-squares line value = a + b·f
+    (``<name>_a``, ``<name>_per_f``; a is what the stage costs at any size: start-up, libraries)."""
     import numpy as np
 
     out = {}
@@ -380,33 +409,32 @@ def fit(rows: list[Row]) -> dict:
         if len({r.f for r in mine}) < 2:
             continue
         f = np.array([r.f for r in mine])
-        seconds = np.array([max(r.seconds, 1e-6) for r in mine])
-        rss = np.array([r.peak_rss_mb for r in mine])
-        b, a = np.polyfit(f, rss, 1)
-        out[stage] = {
-            "f": f.tolist(),
-            "time_exponent": round(float(np.polyfit(np.log(f), np.log(seconds), 1)[0]), 2),
-            "rss_exponent": round(float(np.polyfit(np.log(f), np.log(rss), 1)[0]), 2),
-            "rss_mb_at_f0": round(float(a), 1),
-            "rss_mb_per_f": round(float(b), 1),
-            "seconds_per_f": round(float(np.polyfit(f, seconds, 1)[0]), 1),
-        }
+        out[stage] = {"f": f.tolist()}
+        for attribute, name in FITTED.items():
+            values = np.array([max(getattr(r, attribute), 1e-6) for r in mine])
+            per_f, at_0 = np.polyfit(f, values, 1)
+            out[stage][f"{name}_exponent"] = round(float(np.polyfit(np.log(f), np.log(values), 1)[0]), 2)
+            out[stage][f"{name}_a"] = round(float(at_0), 1)
+            out[stage][f"{name}_per_f"] = round(float(per_f), 1)
     return out
 
 
 def format_table(rows: list[Row], fits: dict) -> str:
-    head = f"{'stage':<12}{'f':>8}{'passages':>11}{'time s':>9}{'throughput':>22}{'peak RSS MB':>13}{'PSS MB':>8}{'largest MB':>12}{'procs':>7}"
+    head = (f"{'stage':<12}{'f':>8}{'passages':>11}{'time s':>9}{'CPU s':>8}{'throughput':>22}{'peak RSS MB':>13}"
+            f"{'PSS MB':>8}{'largest MB':>12}{'procs':>7}")
     lines = [head, "-" * len(head)]
     for r in rows:
         unit = "MB/s" if r.unit == "MB" else f"{r.unit}/s"
-        lines.append(f"{r.stage:<12}{r.f:>8g}{r.passages:>11,}{r.seconds:>9.1f}{r.per_s:>14,.1f} {unit:<7}"
-                     f"{r.peak_rss_mb:>13,.0f}{r.peak_pss_mb:>8,.0f}{r.max_process_rss_mb:>12,.0f}{r.processes:>7}")
+        lines.append(f"{r.stage:<12}{r.f:>8g}{r.passages:>11,}{r.seconds:>9.1f}{r.cpu_seconds:>8.1f}{r.per_s:>14,.1f} "
+                     f"{unit:<7}{r.peak_rss_mb:>13,.0f}{r.peak_pss_mb:>8,.0f}{r.max_process_rss_mb:>12,.0f}{r.processes:>7}")
     if fits:
-        lines += ["", "growth with f (fits over the f above; exponent 1 = linear, 0 = flat):",
-                  f"{'stage':<12}{'time exp':>9}{'RSS exp':>9}{'RSS a MB':>10}{'RSS b MB/f':>12}{'time s/f':>10}"]
+        lines += ["", "growth with f: exponent = log-log slope (1 = linear, 0 = flat); a + b*f = least-squares line",
+                  f"{'stage':<12}{'time exp':>9}{'CPU exp':>9}{'CPU a s':>9}{'CPU s/f':>10}{'RSS exp':>9}{'RSS a MB':>10}"
+                  f"{'RSS MB/f':>10}{'PSS a MB':>10}{'PSS MB/f':>10}"]
         for stage, g in fits.items():
-            lines.append(f"{stage:<12}{g['time_exponent']:>9.2f}{g['rss_exponent']:>9.2f}{g['rss_mb_at_f0']:>10,.0f}"
-                         f"{g['rss_mb_per_f']:>12,.0f}{g['seconds_per_f']:>10,.0f}")
+            lines.append(f"{stage:<12}{g['time_exponent']:>9.2f}{g['cpu_exponent']:>9.2f}{g['cpu_a']:>9,.1f}"
+                         f"{g['cpu_per_f']:>10,.0f}{g['rss_exponent']:>9.2f}{g['rss_a']:>10,.0f}{g['rss_per_f']:>10,.0f}"
+                         f"{g['pss_a']:>10,.0f}{g['pss_per_f']:>10,.0f}")
     return "\n".join(lines)
 
 
@@ -459,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_workers", type=int, default=1, help="build_train/build_hn --num_workers")
     parser.add_argument("--retrieve_queries", choices=("train", "dev"), default="train")
     parser.add_argument("--depth", type=int, default=200, help="retrieve depth and build_hn's run depth")
+    parser.add_argument("--max_queries", type=int, default=None, help="build_train and build_hn on the first N "
+                        "train queries only (the whole collection is still read): fixed costs at a large f, quickly")
     parser.add_argument("--interval", type=float, default=0.2, help="RSS sampling period, seconds")
     parser.add_argument("--report", nargs="+", default=None, metavar="JSON",
                         help="run nothing: print the table and fits of the rows of these --json files together")

@@ -375,8 +375,9 @@ def generate(output_dir: Path, f: float, seed: int = 0, negatives: int = 200, vo
 
 
 def write_run(marco_dir: Path, path: Path, depth: int = 200, seed: int = 0, run_id: str = "synthetic",
-              chunk: int = 4096) -> int:
-    """A TREC run (``qid Q0 pid rank score run_id``) of ``depth`` distinct random passages for every train query.
+              chunk: int = 4096, max_queries: int | None = None) -> int:
+    """A TREC run (``qid Q0 pid rank score run_id``) of ``depth`` distinct random passages for every train query
+    (the first ``max_queries`` when given).
 
     Streams ``train.query.txt`` in chunks; returns the number of queries written.
     """
@@ -386,8 +387,9 @@ def write_run(marco_dir: Path, path: Path, depth: int = 200, seed: int = 0, run_
     rng = np.random.default_rng([seed, 0x5EED])
     written = 0
     with open(marco_dir / "train.query.txt", "rb") as queries, atomic_output(path, "wb") as out:
-        while True:
-            qids = [line.split(b"\t", 1)[0] for _, line in zip(range(chunk), queries)]
+        while max_queries is None or written < max_queries:
+            take = chunk if max_queries is None else min(chunk, max_queries - written)
+            qids = [line.split(b"\t", 1)[0] for _, line in zip(range(take), queries)]
             if not qids:
                 break
             q = np.array([int(x) for x in qids], dtype=np.int64)
@@ -425,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run", default=None, help="write a TREC run of the train queries of --output_dir to this "
                         "file instead of generating a collection")
     parser.add_argument("--depth", type=int, default=200, help="hits per query of --run")
+    parser.add_argument("--run_queries", type=int, default=None, help="--run: the first N train queries only")
     return parser
 
 
@@ -433,7 +436,7 @@ def main(argv=None) -> int:
     output_dir = Path(args.output_dir)
     if args.run:
         start = time.perf_counter()
-        queries = write_run(output_dir, Path(args.run), args.depth, args.seed)
+        queries = write_run(output_dir, Path(args.run), args.depth, args.seed, max_queries=args.run_queries)
         print(f"wrote {args.run}: {queries} queries x {args.depth} hits in {time.perf_counter() - start:.1f}s")
         return 0
     manifest = generate(output_dir, args.f, args.seed, args.negatives, args.vocab_from)

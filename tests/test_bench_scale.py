@@ -145,6 +145,9 @@ def test_run_for_build_hn(collection, tmp_path):
         scores = [score for _, _, score in found]
         assert scores == sorted(scores, reverse=True)
     assert sum(1 for _ in iter_run_groups(run, 200)) == len(train_qids)
+    head = tmp_path / "head.trec"
+    assert synth.write_run(folder, head, depth=5, seed=1, chunk=4, max_queries=7) == 7
+    assert [qid for qid, *_ in iter_run(head)] == [qid for qid in train_qids[:7] for _ in range(5)]
 
 
 def test_peak_memory_is_summed_over_the_process_tree(tmp_path):
@@ -166,14 +169,16 @@ def test_peak_memory_is_summed_over_the_process_tree(tmp_path):
 
 
 def test_growth_fit_recovers_exponents():
-    rows_ = [bench_scale.Row(stage="build_hn", f=f, seconds=30 * f, items=1, unit="queries", per_s=1,
-                             peak_rss_mb=200 + 1000 * f, peak_pss_mb=0, max_process_rss_mb=0, processes=1, samples=1,
-                             passages=1, command="", log="") for f in (0.01, 0.1, 1.0)]
+    rows_ = [bench_scale.Row(stage="build_hn", f=f, seconds=30 * f, cpu_seconds=5 + 20 * f, items=1, unit="queries",
+                             per_s=1, peak_rss_mb=200 + 1000 * f, peak_pss_mb=150 * f**0.5, max_process_rss_mb=0,
+                             processes=1, samples=1, passages=1, command="", log="") for f in (0.01, 0.1, 1.0)]
     fits = bench_scale.fit(rows_)
     assert list(fits) == ["build_hn"]
-    assert fits["build_hn"]["time_exponent"] == pytest.approx(1.0)
-    assert fits["build_hn"]["rss_mb_at_f0"] == pytest.approx(200, abs=0.1)
-    assert fits["build_hn"]["rss_mb_per_f"] == pytest.approx(1000, abs=0.1)
+    g = fits["build_hn"]
+    assert g["time_exponent"] == pytest.approx(1.0) and g["pss_exponent"] == pytest.approx(0.5)
+    assert (g["cpu_a"], g["cpu_per_f"]) == pytest.approx((5, 20), abs=0.1)
+    assert (g["rss_a"], g["rss_per_f"]) == pytest.approx((200, 1000), abs=0.1)
+    assert "build_hn" in bench_scale.format_table(rows_, fits).splitlines()[-1]
 
 
 def test_every_stage_runs_through_the_real_commands(shared_data, minilm_path, tmp_path):
@@ -187,6 +192,7 @@ def test_every_stage_runs_through_the_real_commands(shared_data, minilm_path, tm
     by_stage = {row["stage"]: row for row in result["rows"]}
     assert list(by_stage) == list(bench_scale.STAGES)
     assert all(row["seconds"] > 0 and row["peak_rss_mb"] > 0 and row["max_process_rss_mb"] > 0 for row in by_stage.values())
+    assert all(row["cpu_seconds"] > 0 for stage, row in by_stage.items() if stage != "prepare")
     work = tmp_path / "w" / "f0.0001-seed0-neg200"
     manifest = json.loads((work / "marco" / synth.MANIFEST).read_text())
     assert by_stage["generate"]["items"] == round(manifest["total_bytes"] / 1e6, 1)
