@@ -31,19 +31,24 @@ from .errors import InputError, UsageError
 from .retriever.builder import build_index  # noqa: F401  (the one build_index, for notebooks too)
 from .retriever.encode import Precision, encode_batches, pick_device
 from .retriever.index import EmbeddingIndex, check_compatible
-from .retriever.search import QUERY_ENCODING_FIELDS, SearchOptions, search_index
+from .retriever.search import QUERY_ENCODING_FIELDS, SearchOptions, check_search_resources, search_index
 
 logger = logging.getLogger(__name__)
 
 
 def load_model(path_or_args: str | os.PathLike | ModelArguments, **model_kwargs):
-    """``(DRModel, tokenizer)`` from a model folder (with ``ModelArguments`` fields as keywords) or arguments."""
+    """``(DRModel, tokenizer)`` from a model folder (with ``ModelArguments`` fields as keywords) or arguments.
+
+    With a ``train_dr`` checkpoint its ``openmatch_config.json`` decides the architecture: a keyword that
+    contradicts it (``pooling="mean"`` for a checkpoint trained with ``first``) is an error.
+    """
     from .modeling import load_model_and_tokenizer
 
     if isinstance(path_or_args, ModelArguments):
         args = path_or_args
     else:
         args = ModelArguments(model_name_or_path=os.fspath(path_or_args), **model_kwargs)
+        args.given_flags = frozenset(model_kwargs)
     return load_model_and_tokenizer(args)
 
 
@@ -161,6 +166,7 @@ def retrieve(
         options = SearchOptions(**fields)
     elif fields:
         raise TypeError("retrieve takes options=SearchOptions(...) or its fields as keywords, not both")
+    check_search_resources(options)  # before the queries are encoded
     index = index_dir if isinstance(index_dir, EmbeddingIndex) else EmbeddingIndex(index_dir)
     check_compatible(model, index.manifest, index.index_dir, options.allow_model_mismatch)
     qids, q_reps = encode_file(
@@ -238,23 +244,34 @@ def load_index_model(index_dir: str | os.PathLike | EmbeddingIndex, model_name_o
     """``(DRModel, tokenizer)`` of the model an embedding index was built with: the model folder and encoder
     configuration (pooling, head, normalisation) its manifest records, or ``model_name_or_path`` when the folder
     has moved. The weights are checked against the index's, so query embeddings match the index's passages."""
+    from .modeling.checkpoint import CONFIG_NAME
+
     index = index_dir if isinstance(index_dir, EmbeddingIndex) else EmbeddingIndex(index_dir)
     built = index.manifest["model"]
     path = model_name_or_path or built.get("path")
     if not path:
         raise InputError(f"{index.index_dir}: the index records no model folder (api.build_index without model_path); "
                          "pass model_name_or_path")
-    config = built.get("config") or {}
-    fields = {
-        "pooling": config.get("pooling", "first"),
-        "normalize": bool(config.get("normalize", False)),
-        "untie_encoder": not config.get("tied", True),
-        "encoder_only": bool(config.get("encoder_only", False)),
-        "feature": (config.get("plm_backbone") or {}).get("feature", "last_hidden_state"),
-        "add_linear_head": bool(config.get("linear_head", False)),
-    }
-    if fields["add_linear_head"]:
-        fields.update(projection_in_dim=config["projection_in_dim"], projection_out_dim=config["projection_out_dim"])
+    fields = {}
+    if not os.path.exists(os.path.join(path, CONFIG_NAME)):
+        # A plain Hugging Face folder: the manifest's encoder configuration gives the flags it was built with (a
+        # checkpoint folder decides its own architecture).
+        config = built.get("config") or {}
+        fields = {
+            "pooling": config.get("pooling", "first"),
+            "normalize": bool(config.get("normalize", False)),
+            "untie_encoder": not config.get("tied", True),
+            "encoder_only": bool(config.get("encoder_only", False)),
+            "feature": (config.get("plm_backbone") or {}).get("feature", "last_hidden_state"),
+            "add_linear_head": bool(config.get("linear_head", False)),
+        }
+        if fields["add_linear_head"]:
+            fields.update(projection_in_dim=config["projection_in_dim"], projection_out_dim=config["projection_out_dim"])
+        instructions = config.get("instructions") or {}
+        if instructions.get("query"):
+            fields["query_prefix"] = instructions["query"]
+        if instructions.get("passage"):
+            fields["passage_prefix"] = instructions["passage"]
     model, tokenizer = load_model(os.fspath(path), **fields)
     check_compatible(model, index.manifest, index.index_dir)
     return model, tokenizer

@@ -12,7 +12,7 @@ traceback. Each class also keeps the builtin base its callers caught before, so 
     ├── MissingInputError (FileNotFoundError) a file or folder the command was told to read is not there
     ├── OutputExistsError (FileExistsError)  the output folder holds a previous run
     ├── IndexFolderError (FileExistsError)   an embedding folder not to write or read (openmatch.retriever.index)
-    ├── ResourceError (RuntimeError)         this machine lacks what was asked for (GPUs, faiss with GPU support)
+    ├── ResourceError (RuntimeError)         this machine lacks what was asked for (GPUs, faiss-gpu, disk space)
     ├── DependencyError (ImportError)        a package the command needs is missing or installed twice (faiss)
     └── PreprocessingError (RuntimeError)    build_train / build_hn cannot go on (openmatch.preprocessing)
 
@@ -58,7 +58,7 @@ class OutputExistsError(OpenMatchError, FileExistsError):
 
 
 class ResourceError(OpenMatchError, RuntimeError):
-    """This machine lacks what the command asks for (GPUs, a faiss build with GPU support)."""
+    """This machine lacks what the command asks for (GPUs, a faiss build with GPU support, disk space)."""
 
 
 class DependencyError(OpenMatchError, ImportError):

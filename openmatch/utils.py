@@ -11,6 +11,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import IO, Iterator
 
+from .errors import UsageError
 
 logger = logging.getLogger("openmatch")
 
@@ -83,6 +84,29 @@ def atomic_output(path: str | os.PathLike, mode: str = "w", encoding: str | None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_writable_folder(folder: str | os.PathLike, flag: str, given: str | os.PathLike | None = None) -> None:
+    """Refuse, before any work, an output folder that cannot be created or written: its nearest existing
+    ancestor (the folder itself when it exists) must be a folder in which a file can be created and removed.
+
+    Nothing is left behind: the probe file is removed and a missing folder is not created. The one-line
+    :class:`~openmatch.errors.UsageError` names ``flag`` and its value ``given`` (by default ``folder``: a
+    file's flag gives the file, whose folder is checked).
+    """
+    folder = os.path.abspath(os.fspath(folder))
+    shown = f"{flag} {os.fspath(given) if given is not None else folder}"
+    probe = folder
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise UsageError(f"{shown}: {probe} is not a folder")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".openmatch-write-test.", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as err:
+        raise UsageError(f"{shown}: cannot write in {probe} ({err.strerror or err})") from None
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 from ..arguments import DataArguments, IndexArguments, InferenceArguments, ModelArguments
 from ..cli import main_wrapper, parse_args
 from ..distributed import dist_context, init_distributed, teardown_distributed
-from ..utils import setup_logging
+from ..utils import check_writable_folder, setup_logging
 
 # The dataclasses this driver parses, in order (docs and tests import this tuple).
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, InferenceArguments, IndexArguments)
@@ -32,10 +32,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rank, _ = dist_context()
     setup_logging(rank, infer_args.log_level)
     from ..api import load_model
+    from ..modeling.checkpoint import check_max_len
     from ..retriever.builder import BuildOptions, build_index
 
     options = BuildOptions.from_args(model_args, data_args, infer_args, index_args)
+    check_writable_folder(options.output_dir, "--output_dir")  # before the model is loaded and anything encoded
     model, tokenizer = load_model(model_args)
+    check_max_len(model, p_max_len=data_args.p_max_len)
     build_index(model, tokenizer, options=options)
     teardown_distributed()
     return 0

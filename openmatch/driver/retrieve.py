@@ -13,6 +13,7 @@ next to passages) and the other ranks exit.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -20,7 +21,7 @@ from ..arguments import DataArguments, InferenceArguments, ModelArguments, Searc
 from ..cli import main_wrapper, parse_args
 from ..distributed import dist_context
 from ..errors import UsageError
-from ..utils import setup_logging
+from ..utils import check_writable_folder, setup_logging
 
 logger = logging.getLogger("openmatch.retrieve")
 
@@ -40,13 +41,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise UsageError("--query_path is required: the queries to search (TSV/JSONL, optionally .gz)")
     if not infer_args.trec_save_path:
         raise UsageError("--trec_save_path is required: where to write the TREC run")
+    # Everything that can be refused is, before the model is loaded and the queries are encoded.
+    run_path = infer_args.trec_save_path
+    if os.path.isdir(run_path):
+        raise UsageError(f"--trec_save_path {run_path} is a folder; give the path of the run file to write")
+    check_writable_folder(os.path.dirname(os.path.abspath(run_path)), "--trec_save_path", run_path)
     from ..api import load_model, retrieve
+    from ..modeling.checkpoint import check_max_len
     from ..dataset.qrels import write_trec_run
     from ..retriever import EmbeddingIndex, SearchOptions
+    from ..retriever.search import check_search_resources
 
     options = SearchOptions.from_args(data_args, infer_args, search_args)
-    index = EmbeddingIndex(infer_args.output_dir)  # fails fast, before the model is loaded
+    check_search_resources(options)
+    index = EmbeddingIndex(infer_args.output_dir)  # checks the index's files against the manifest
     model, tokenizer = load_model(model_args)
+    check_max_len(model, q_max_len=data_args.q_max_len)
     results = retrieve(model, tokenizer, data_args.query_path, index, options=options)
     lines = write_trec_run(infer_args.trec_save_path, results.items(), run_id=infer_args.run_id)
     logger.info("wrote %d lines for %d queries to %s", lines, len(results), infer_args.trec_save_path)

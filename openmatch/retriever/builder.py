@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -21,18 +22,21 @@ import numpy as np
 from ..dataset.inference_dataset import InferenceDataset, make_loader
 from ..dataset.records import check_not_empty, count_lines, find_duplicate, no_records
 from ..distributed import all_ok, dist_context, raise_unless_all_ok
-from ..errors import InputError, MissingInputError, UsageError
+from ..errors import InputError, MissingInputError, OpenMatchWarning, UsageError
 from ..utils import dataclasses_to_dict
 from .encode import Precision, device_from_args, encode_batches, model_fingerprint
 from .index import (
     IndexFolderError,
     IndexSpec,
-    complete_shards,
     file_fingerprint,
     index_files,
     load_manifest,
+    manifest_shards,
     prepare_output_dir,
     read_shard_meta,
+    remove_manifest,
+    remove_shards,
+    scan_shards,
     shard_numbers,
     write_manifest,
     write_shard,
@@ -118,7 +122,9 @@ def build_index(
     :class:`BuildOptions` (as :meth:`BuildOptions.from_args` makes from the command's flags).
 
     Runs on every rank of a distributed job (each encodes its share); rank 0 checks the folder first and
-    writes the manifest last. Resumes a crashed build of the same spec; see the module docstring.
+    writes the manifest last. Resumes a crashed build of the same spec, and repairs a finished one: a shard
+    that is missing or fails its checks (size, rows, sha256) is encoded again, and only that shard; see the
+    module docstring.
     """
     options = _options(options, corpus_path, output_dir, fields)
     rank, world_size = dist_context()
@@ -128,9 +134,10 @@ def build_index(
     if not os.path.exists(corpus_path):
         raise MissingInputError(f"{corpus_path}: no such file (--corpus_path)")
     check_not_empty(corpus_path, options.column_names)
-    from ..dataset.inference_dataset import resolve_template
+    from ..dataset.inference_dataset import check_first_record, resolve_template
 
     template = resolve_template(options.template, "passage")
+    check_first_record(corpus_path, options.column_names, template)  # a template typo, before the folder is touched
     from .encode import pick_device
 
     precision = Precision(pick_device(options.device), options.fp16, options.bf16)
@@ -150,10 +157,10 @@ def build_index(
         shard_size=shard_size,
     )
     out = options.output_dir
-    state, error = None, None
+    error = None
     if rank == 0:
         try:
-            state = prepare_output_dir(out, spec, options.overwrite)
+            prepare_output_dir(out, spec, options.overwrite)
         except Exception as err:  # reported on rank 0, the others stop cleanly
             error = err
     if not all_ok(error is None):
@@ -161,13 +168,34 @@ def build_index(
             raise error
         raise IndexFolderError(f"rank 0 refused {out}; see its log")
 
+    expected, done, damaged, error = None, {}, {}, None
+    try:
+        expected = manifest_shards(out, rank)  # a finished index: the shards this rank must have
+        done, damaged = scan_shards(out, rank, shard_size, expected or ())
+    except Exception as err:
+        error = err
+    raise_unless_all_ok(error, "another rank failed while checking its shards; see its log")
+    if not all_ok(not damaged):
+        # Some rank deletes a shard to encode it again: the manifest goes first, so that it never lists a
+        # file that is gone (and a crash meanwhile leaves an unfinished build, which a rerun completes).
+        error = None
+        if rank == 0:
+            try:
+                remove_manifest(out)
+            except Exception as err:
+                error = err
+        raise_unless_all_ok(error, "rank 0 could not remove the manifest; see its log")
+    for shard, problem in sorted(damaged.items()):
+        warnings.warn(
+            f"shard {shard} of rank {rank} is damaged ({problem}); encoding it again", OpenMatchWarning, stacklevel=2
+        )
+
     error = None
     try:
-        done = complete_shards(out, rank, shard_size)
+        remove_shards(out, rank, damaged)
         if done:
             logger.info("rank %d: %d complete shard(s) found in %s; skipping them", rank, len(done), out)
-        finished = bool(done) and any(meta["count"] < shard_size for meta in done.values())
-        if not (state == "complete" or finished and _rank_complete(done, shard_size)):
+        if not _rank_complete(done, damaged, expected, shard_size):
             with precision.prepared(model) as runner:  # the caller's model is left as it was
                 _encode_rank(runner, tokenizer, options, precision, template, rank, world_size, shard_size, done)
     except BaseException as err:
@@ -197,8 +225,15 @@ def _options(options, corpus_path, output_dir, fields) -> BuildOptions:
     return options
 
 
-def _rank_complete(done: dict[int, dict], shard_size: int) -> bool:
-    """Shards 0..K-1 all present, the last one short (so nothing follows it)."""
+def _rank_complete(done: dict[int, dict], damaged: dict, expected: Optional[list[int]], shard_size: int) -> bool:
+    """Whether this rank has nothing to encode: every shard the manifest lists is intact, or (no manifest)
+    shards 0..K-1 are, the last one short (so nothing follows it)."""
+    if damaged:
+        return False
+    if expected is not None:
+        return set(expected) <= set(done)
+    if not done:
+        return False
     last = max(done)
     return sorted(done) == list(range(last + 1)) and done[last]["count"] < shard_size
 
@@ -233,11 +268,13 @@ def _encode_rank(model, tokenizer, options, precision, template, rank, world_siz
         smoothing=0.1,
     )
     writer = _ShardWriter(options, rank, shard_size, max_rows, done)
-    for batch, embeddings in encode_batches(model, loader, precision, side="passage"):
-        writer.add(batch["positions"].numpy(), batch["ids"], embeddings)
-        bar.update(len(batch["ids"]))
-    writer.finish()
-    bar.close()
+    try:
+        for batch, embeddings in encode_batches(model, loader, precision, side="passage"):
+            writer.add(batch["positions"].numpy(), batch["ids"], embeddings)
+            bar.update(len(batch["ids"]))
+        writer.finish()
+    finally:
+        bar.close()  # ends the bar's line, so that an error is printed on a line of its own
     logger.info("rank %d: wrote %d shard(s) to %s", rank, writer.written, options.output_dir)
 
 

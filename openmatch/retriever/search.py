@@ -127,6 +127,14 @@ def _gpu_list(faiss, starting_gpu: int) -> list[int]:
     return list(range(starting_gpu, count))
 
 
+def check_search_resources(options: SearchOptions) -> None:
+    """Refuse, before any query is encoded, a search this machine cannot run: no faiss (or two builds), or
+    ``use_gpu`` without a faiss build with GPU support or without the GPUs ``starting_gpu`` asks for."""
+    faiss = import_faiss()
+    if options.use_gpu:
+        _gpu_list(faiss, options.starting_gpu)
+
+
 def _to_gpus(faiss, index, gpus: list[int]):
     options = faiss.GpuMultipleClonerOptions()
     options.shard = True  # split the vectors over the GPUs rather than copying them to each

@@ -52,3 +52,16 @@ def test_two_processes_equal_one(tiny_bert, corpus, tmp_path, launcher, workers)
     proc = launch(launcher, ["--output_dir", str(tmp_path / "dist"), *flags])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "dist" / "embeddings.rank1.shard0.npy").stat().st_mtime_ns == before
+    # A damaged shard of rank 1 is encoded again by rank 1 alone; rank 0's shards and the others stay as they were.
+    kept = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "dist").glob("*.npy") if p.name != "embeddings.rank1.shard1.npy"}
+    with open(tmp_path / "dist" / "embeddings.rank1.shard1.npy", "r+b") as handle:
+        handle.seek(-8, os.SEEK_END)
+        handle.write(b"\x00\x00\x80\x7f\x00\x00\x80\x7f")
+    proc = launch(launcher, ["--output_dir", str(tmp_path / "dist"), *flags])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "warning: shard 1 of rank 1 is damaged" in proc.stderr and "of rank 0 is damaged" not in proc.stderr
+    assert {name: (tmp_path / "dist" / name).stat().st_mtime_ns for name in kept} == kept
+    repaired = read_index(tmp_path / "dist")
+    assert sorted(repaired) == sorted(dist)
+    for rid in dist:
+        np.testing.assert_allclose(repaired[rid], dist[rid], atol=1e-6, rtol=0)
