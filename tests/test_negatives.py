@@ -265,9 +265,20 @@ def test_api_mine_negatives_computes_missing_positive_scores(tiny_collection):
         assert negatives[qid] == [pid for pid, s in ranked if s <= float(q @ p)]
 
 
-def test_load_index_model_is_the_index_model(tiny_collection):
+@pytest.mark.parametrize("folder", ["plain", "checkpoint"])
+def test_load_index_model_is_the_index_model(folder, tiny_collection, tmp_path):
+    """A plain Hugging Face folder gets the manifest's pooling and normalisation; a checkpoint folder decides
+    its own architecture. Either way the query encoder is the index's model."""
     data = tiny_collection
-    model, tokenizer = api.load_index_model(data["root"] / "index")
+    index = data["root"] / "index"
+    if folder == "checkpoint":
+        data["model"].save(tmp_path / "ckpt", tokenizer=data["tokenizer"])
+        index = tmp_path / "index"
+        api.build_index(data["model"], data["tokenizer"], data["root"] / "corpus.tsv", index, template="<title> <text>",
+                        column_names="id,title,text", max_len=32, device="cpu", progress=False,
+                        model_path=str(tmp_path / "ckpt"))
+    model, tokenizer = api.load_index_model(index)
+    assert (model.config.pooling, model.config.normalize) == ("mean", True)
     texts = list(data["queries"].values())
     np.testing.assert_allclose(api.encode(model, tokenizer, texts, max_len=16, side="query", device="cpu"),
                                api.encode(data["model"], tokenizer, texts, max_len=16, side="query", device="cpu"), atol=1e-6)
