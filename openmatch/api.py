@@ -131,7 +131,9 @@ def search(
     """``{qid: [(pid, score), ...]}`` best first (see :class:`openmatch.retriever.SearchOptions`).
 
     The embeddings are taken as they are: only their dimension is checked against the index. To have the
-    query encoder checked against the index's model, let :func:`retrieve` encode the queries.
+    query encoder checked against the index's model, let :func:`retrieve` encode the queries. An approximate
+    ``faiss_index`` is trained once and saved in the index folder (reused while it matches the folder);
+    ``check_recall=N`` puts its recall against exact search on N sampled queries in the result's ``recall``.
     """
     encoding = sorted(set(options) & set(QUERY_ENCODING_FIELDS))
     if encoding:
@@ -154,7 +156,10 @@ def retrieve(
     and for the queries ``max_len``, ``template``, ``column_names``, ``batch_size``, ``fp16``, ``bf16``, ...), or
     ``options=`` a whole ``SearchOptions`` (as ``SearchOptions.from_args`` makes from the command's flags).
     ``model`` must be the model the index was built with (dimension, configuration and weights, from the
-    manifest); ``allow_model_mismatch=True`` checks the dimension only.
+    manifest); ``allow_model_mismatch=True`` checks the dimension only. The result is a dict whose ``recall``
+    holds the ``check_recall`` report (else None). With ``distributed=True`` (``SearchOptions.from_args`` sets
+    it under a launcher) every rank of the process group calls it and gets the whole result, each having
+    searched its share of the index.
     """
     if options is None:
         options = SearchOptions(**fields)
