@@ -28,6 +28,7 @@ from .dataset.records import check_unique, no_records
 from .dataset.tokenization import length_sorted_batches
 from .errors import UsageError
 from .retriever.builder import build_index  # noqa: F401  (the one build_index, for notebooks too)
+from .retriever.ann import check_factory
 from .retriever.encode import Precision, encode_batches, pick_device
 from .retriever.index import EmbeddingIndex, check_compatible
 from .retriever.search import QUERY_ENCODING_FIELDS, SearchOptions, check_search_resources, search_index
@@ -168,6 +169,7 @@ def retrieve(
     check_search_resources(options)  # before the queries are encoded
     index = index_dir if isinstance(index_dir, EmbeddingIndex) else EmbeddingIndex(index_dir)
     check_compatible(model, index.manifest, index.index_dir, options.allow_model_mismatch)
+    check_factory(options.faiss_index, index.dim)  # before the queries are encoded
     qids, q_reps = encode_file(
         model,
         tokenizer,

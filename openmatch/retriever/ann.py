@@ -98,6 +98,12 @@ def train_sample(index: EmbeddingIndex, size: int, seed: int, first: int = 0, la
     return np.ascontiguousarray(np.concatenate(parts))
 
 
+def check_factory(factory: str, dim: int) -> None:
+    """Refuse (:class:`UsageError` naming ``--faiss_index``) a factory string faiss cannot build for ``dim``."""
+    if not is_exact(factory):
+        _new_index(import_faiss(), factory.replace(" ", ""), dim)
+
+
 def _new_index(faiss, built: str, dim: int):
     try:
         return faiss.index_factory(dim, built, faiss.METRIC_INNER_PRODUCT)
