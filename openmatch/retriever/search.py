@@ -131,7 +131,7 @@ class SearchOptions:
             bf16=infer_args.bf16,
             allow_model_mismatch=search_args.allow_model_mismatch,
             check_recall=search_args.check_recall,
-            distributed=dist_context()[1] > 1,
+            distributed=in_process_group() and dist_context()[1] > 1,
         )
 
 
