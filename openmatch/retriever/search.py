@@ -224,6 +224,7 @@ def search_embeddings(
     rank, world_size = dist_context()
     queries = broadcast_array(queries)  # the ranks score the same vectors, whatever each one encoded
     first, last = rank_rows(index.total, rank, world_size, _tile(import_faiss()))
+    logger.info("rank %d of %d searches rows [%d, %d) of %d", rank, world_size, first, last, index.total)
     scores, idx, error = None, None, None
     try:
         scores, idx = _search_rows(index, queries, k, spec, options, first, last)

@@ -73,6 +73,7 @@ def test_two_processes_write_the_run_of_one(tiny_bert, indexed, tmp_path):
     single = (tmp_path / "one.trec").read_bytes()
     assert len(single.splitlines()) == N_QUERIES * 10
     assert (tmp_path / "two.trec").read_bytes() == single
+    assert "rank 0 of 2 searches rows [0, 1024) of 2600" in two.stderr  # shared: rank 1 took [1024, 2600)
 
     # Approximate: each rank trains, saves and searches an index of its own rows. Probing all of an IVF-Flat
     # index's lists finds the exact neighbours, so the merged lists are the exact ones (scores computed by
