@@ -46,7 +46,9 @@ setup(
         "gpu": ["faiss-gpu>=1.8"],
         # The bm25 command and api.bm25_index: BM25 in pure Python (bm25s) with Snowball/Porter stemming.
         "bm25": ["bm25s>=0.2", "PyStemmer>=2.2"],
-        "test": ["pytest>=8", "ir-measures>=0.3", "bm25s>=0.2", "PyStemmer>=2.2"],
-        "dev": ["pytest>=8", "ir-measures>=0.3", "bm25s>=0.2", "PyStemmer>=2.2"],
+        # LoRA adapters for decoder LLM backbones (--lora, docs/llm-retriever.md).
+        "lora": ["peft>=0.13"],
+        "test": ["pytest>=8", "ir-measures>=0.3", "bm25s>=0.2", "PyStemmer>=2.2", "peft>=0.13"],
+        "dev": ["pytest>=8", "ir-measures>=0.3", "bm25s>=0.2", "PyStemmer>=2.2", "peft>=0.13"],
     },
 )

@@ -10,6 +10,7 @@
     api.evaluate_run("qrels.tsv", "run.trec", ["mrr@10"])
     bm25 = api.bm25_index("corpus.tsv", column_names="id,title,text", template="<title> <text>")
     hits = api.bm25_search(bm25, "queries.tsv", depth=100, template="<text>", column_names="id,text")
+    negatives, stats = api.mine_negatives(hits, "qrels.tsv", depth=100, first_rank=4, relative_margin=0.05)
 
 The drivers ``build_index``, ``retrieve`` and ``bm25`` are thin compositions of these functions.
 """
@@ -26,7 +27,7 @@ from .arguments import ModelArguments
 from .dataset.inference_dataset import InferenceDataset, make_loader
 from .dataset.records import check_unique, no_records
 from .dataset.tokenization import length_sorted_batches
-from .errors import UsageError
+from .errors import InputError, UsageError
 from .retriever.builder import build_index  # noqa: F401  (the one build_index, for notebooks too)
 from .retriever.ann import check_factory
 from .retriever.encode import Precision, encode_batches, pick_device
@@ -37,13 +38,18 @@ logger = logging.getLogger(__name__)
 
 
 def load_model(path_or_args: str | os.PathLike | ModelArguments, **model_kwargs):
-    """``(DRModel, tokenizer)`` from a model folder (with ``ModelArguments`` fields as keywords) or arguments."""
+    """``(DRModel, tokenizer)`` from a model folder (with ``ModelArguments`` fields as keywords) or arguments.
+
+    With a ``train_dr`` checkpoint its ``openmatch_config.json`` decides the architecture: a keyword that
+    contradicts it (``pooling="mean"`` for a checkpoint trained with ``first``) is an error.
+    """
     from .modeling import load_model_and_tokenizer
 
     if isinstance(path_or_args, ModelArguments):
         args = path_or_args
     else:
         args = ModelArguments(model_name_or_path=os.fspath(path_or_args), **model_kwargs)
+        args.given_flags = frozenset(model_kwargs)
     return load_model_and_tokenizer(args)
 
 
@@ -239,3 +245,79 @@ def evaluate_run(qrels_path, run_path, metrics: Sequence[str] = ("mrr@10", "reca
     from .evaluation.metrics import evaluate
 
     return evaluate(load_qrels(qrels_path), load_run(run_path), metrics=tuple(metrics))
+
+
+def load_index_model(index_dir: str | os.PathLike | EmbeddingIndex, model_name_or_path: Optional[str | os.PathLike] = None):
+    """``(DRModel, tokenizer)`` of the model an embedding index was built with: the model folder and encoder
+    configuration (pooling, head, normalisation) its manifest records, or ``model_name_or_path`` when the folder
+    has moved. The weights are checked against the index's, so query embeddings match the index's passages."""
+    from .modeling.checkpoint import CONFIG_NAME
+
+    index = index_dir if isinstance(index_dir, EmbeddingIndex) else EmbeddingIndex(index_dir)
+    built = index.manifest["model"]
+    path = model_name_or_path or built.get("path")
+    if not path:
+        raise InputError(f"{index.index_dir}: the index records no model folder (api.build_index without model_path); "
+                         "pass model_name_or_path")
+    fields = {}
+    if not os.path.exists(os.path.join(path, CONFIG_NAME)):
+        # A plain Hugging Face folder: the manifest's encoder configuration gives the flags it was built with (a
+        # checkpoint folder decides its own architecture).
+        config = built.get("config") or {}
+        fields = {
+            "pooling": config.get("pooling", "first"),
+            "normalize": bool(config.get("normalize", False)),
+            "untie_encoder": not config.get("tied", True),
+            "encoder_only": bool(config.get("encoder_only", False)),
+            "feature": (config.get("plm_backbone") or {}).get("feature", "last_hidden_state"),
+            "add_linear_head": bool(config.get("linear_head", False)),
+        }
+        if fields["add_linear_head"]:
+            fields.update(projection_in_dim=config["projection_in_dim"], projection_out_dim=config["projection_out_dim"])
+        instructions = config.get("instructions") or {}
+        if instructions.get("query"):
+            fields["query_prefix"] = instructions["query"]
+        if instructions.get("passage"):
+            fields["passage_prefix"] = instructions["passage"]
+    model, tokenizer = load_model(os.fspath(path), **fields)
+    check_compatible(model, index.manifest, index.index_dir)
+    return model, tokenizer
+
+
+def mine_negatives(
+    hits: dict[str, Sequence[tuple[str, float]]],
+    qrels,
+    *,
+    depth: int = 200,
+    first_rank: int = 1,
+    relative_margin: Optional[float] = None,
+    absolute_margin: Optional[float] = None,
+    index_dir: Optional[str | os.PathLike | EmbeddingIndex] = None,
+    queries: Optional[dict[str, str]] = None,
+    q_max_len: int = 32,
+) -> tuple[dict[str, list[str]], dict]:
+    """Hard negatives of a run with build_hn's false-negative control: ``({qid: [pid, ...]}, stats)``.
+
+    ``hits`` is ``{qid: [(pid, score), ...]}`` best first (what :func:`search`, :func:`retrieve` and
+    :func:`bm25_search` return), ``qrels`` a qrels file or ``{qid: {pid: relevance}}``. For each judged query,
+    the hits ranked ``first_rank`` to ``depth`` that are not judged positive and, with a margin, do not score
+    above ``s+ - relative_margin * |s+|`` or ``s+ - absolute_margin`` (``s+`` the query's lowest positive
+    score), in rank order; the rules are :mod:`openmatch.negatives`'. A positive missing from ``hits`` is scored
+    with the model of the index ``index_dir`` (``queries``: ``{qid: text}``, encoded with ``q_max_len``).
+    ``stats`` counts what each rule removed (build_hn's ``build_hn.stats.json``).
+    """
+    from .dataset.qrels import load_qrels, relevant_ids
+    from .negatives import IndexScorer, MiningOptions, mine
+
+    options = MiningOptions(depth=depth, first_rank=first_rank, relative_margin=relative_margin,
+                            absolute_margin=absolute_margin)
+    if not isinstance(qrels, dict):
+        qrels = load_qrels(qrels)
+    scorer, index_name = None, None
+    if index_dir is not None:
+        index = index_dir if isinstance(index_dir, EmbeddingIndex) else EmbeddingIndex(index_dir)
+        model, tokenizer = load_index_model(index)
+        scorer = IndexScorer(index, lambda texts: encode(model, tokenizer, texts, max_len=q_max_len, side="query"))
+        index_name = index.index_dir
+    negatives, stats = mine(hits, relevant_ids(qrels), options, queries=queries, scorer=scorer)
+    return negatives, stats.to_json(options, "hits", index_name)

@@ -8,12 +8,14 @@ current equivalents.
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import os
 import sys
 import warnings
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 from transformers import HfArgumentParser, TrainingArguments
 
@@ -21,7 +23,9 @@ from .errors import OpenMatchWarning, UsageError
 
 logger = logging.getLogger(__name__)
 
-POOLING_CHOICES = ("first", "mean")
+POOLING_CHOICES = ("first", "mean", "last")
+# Said in the help of every flag that a checkpoint's openmatch_config.json also stores.
+_STORED = "; with a train_dr checkpoint it must agree with the stored value (an error otherwise)"
 
 
 @dataclass
@@ -34,17 +38,21 @@ class ModelArguments:
     tokenizer_name: Optional[str] = field(default=None, metadata={"help": "tokenizer folder if not the model's"})
     config_name: Optional[str] = field(default=None, metadata={"help": "config folder if not the model's"})
     cache_dir: Optional[str] = field(default=None, metadata={"help": "Hugging Face cache folder"})
-    untie_encoder: bool = field(default=False, metadata={"help": "separate query and passage towers"})
-    feature: str = field(default="last_hidden_state", metadata={"help": "backbone output used as features"})
+    untie_encoder: bool = field(default=False, metadata={"help": "separate query and passage towers" + _STORED})
+    feature: str = field(default="last_hidden_state", metadata={"help": "backbone output used as features" + _STORED})
     pooling: str = field(
         default="first",
-        metadata={"help": "first token or masked mean (encoder-only models)", "choices": list(POOLING_CHOICES)},
+        metadata={
+            "help": "first token, masked mean (encoder-only models) or last real token (decoder LLMs; the tokenizer "
+            "then appends its EOS token)" + _STORED,
+            "choices": list(POOLING_CHOICES),
+        },
     )
-    add_linear_head: bool = field(default=False, metadata={"help": "bias-free projection after pooling"})
-    projection_in_dim: int = field(default=768, metadata={"help": "input size of the linear head"})
-    projection_out_dim: int = field(default=768, metadata={"help": "output size of the linear head"})
-    encoder_only: bool = field(default=False, metadata={"help": "T5: use only the encoder and pool it"})
-    normalize: bool = field(default=False, metadata={"help": "L2-normalise representations"})
+    add_linear_head: bool = field(default=False, metadata={"help": "bias-free projection after pooling" + _STORED})
+    projection_in_dim: int = field(default=768, metadata={"help": "input size of the linear head" + _STORED})
+    projection_out_dim: int = field(default=768, metadata={"help": "output size of the linear head" + _STORED})
+    encoder_only: bool = field(default=False, metadata={"help": "T5: use only the encoder and pool it" + _STORED})
+    normalize: bool = field(default=False, metadata={"help": "L2-normalise representations" + _STORED})
     temperature: Optional[float] = field(
         default=None,
         metadata={
@@ -53,9 +61,51 @@ class ModelArguments:
         },
     )
 
+    # The fields the user set (command line, .json file or keywords), or None when unknown (built in Python):
+    # a checkpoint's stored configuration is compared with these, so that "--pooling first" given on purpose
+    # is told apart from the default. Not a dataclass field, hence no flag.
+    given_flags: ClassVar[Optional[frozenset]] = None
+
+    query_prefix: Optional[str] = field(
+        default=None,
+        metadata={"help": "instruction put in front of every query (e.g. 'query: '); stored in the checkpoint"},
+    )
+    passage_prefix: Optional[str] = field(
+        default=None,
+        metadata={"help": "instruction put in front of every passage (e.g. 'passage: '); stored in the checkpoint"},
+    )
+    lora: bool = field(default=False, metadata={"help": "train LoRA adapters (peft) on a frozen backbone"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (the update is scaled by alpha/r)"})
+    lora_dropout: float = field(default=0.1, metadata={"help": "dropout on the LoRA branch's input"})
+    lora_target_modules: str = field(
+        default="all-linear",
+        metadata={"help": "comma-separated module names given adapters (e.g. q_proj,v_proj), or all-linear"},
+    )
+    lora_base_model: Optional[str] = field(
+        default=None,
+        metadata={"help": "base model of a LoRA checkpoint, if not where it was at training (checked by fingerprint)"},
+    )
+    merge_lora: bool = field(
+        default=False, metadata={"help": "merge a LoRA checkpoint's adapter into its base when loading (faster encoding)"}
+    )
+
     def __post_init__(self):
         if self.temperature is not None and self.temperature <= 0:
             raise UsageError(f"--temperature must be positive, got {self.temperature}")
+        if self.lora_r < 1:
+            raise UsageError(f"--lora_r must be at least 1, got {self.lora_r}")
+        if self.lora_alpha <= 0:
+            raise UsageError(f"--lora_alpha must be positive, got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise UsageError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not [name for name in self.lora_target_modules.split(",") if name.strip()]:
+            raise UsageError("--lora_target_modules names no module")
+        if self.lora and self.merge_lora:
+            raise UsageError(
+                "--merge_lora folds a trained adapter into its base for encoding; it cannot be combined with --lora, "
+                "which trains one"
+            )
 
 
 @dataclass
@@ -169,6 +219,13 @@ class DRTrainingArguments(OpenMatchTrainingArguments):
             "negative, as OpenMatch did"
         },
     )
+    keep_best: bool = field(
+        default=False,
+        metadata={
+            "help": "validate before the first step, at each evaluation and after the last step, and end with the best "
+            "of these models (the start model included) in --output_dir, by validation MRR@k (needs --eval_path)"
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -270,10 +327,34 @@ class BM25Arguments:
 def parse_args(dataclass_types: Sequence[type], args: Optional[Sequence[str]] = None) -> tuple:
     """Parse flags (or a single ``.json`` file) into the given dataclasses.
 
-    Unknown flags are an error, as with any argparse program, so a typo never silently does nothing.
+    Unknown flags are an error, as with any argparse program, so a typo never silently does nothing. Each
+    ``ModelArguments`` gets ``given_flags``: the names of the fields the flags (or the file) set.
     """
     argv = list(sys.argv[1:] if args is None else args)
     parser = HfArgumentParser(tuple(dataclass_types))
     if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=argv)
+        path = os.path.abspath(argv[0])
+        outputs = parser.parse_json_file(json_file=path)
+        with open(path, encoding="utf-8") as handle:
+            given = frozenset(json.load(handle))
+    else:
+        outputs = parser.parse_args_into_dataclasses(args=argv)
+        given = _given_fields(parser, argv)
+    for output in outputs:
+        if isinstance(output, ModelArguments):
+            output.given_flags = given
+    return outputs
+
+
+def _given_fields(parser: argparse.ArgumentParser, argv: Sequence[str]) -> frozenset:
+    """The destinations the command line sets (abbreviated flags and ``--no_X`` resolved as argparse does)."""
+    # With every default suppressed, the namespace holds exactly the flags that were given.
+    saved = [(action, action.default) for action in parser._actions]
+    try:
+        for action, _ in saved:
+            action.default = argparse.SUPPRESS
+        namespace, _ = parser.parse_known_args(argv)
+    finally:
+        for action, default in saved:
+            action.default = default
+    return frozenset(vars(namespace))

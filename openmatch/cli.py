@@ -78,13 +78,25 @@ def parse_args(dataclass_types: Sequence[type], argv: Optional[Sequence[str]] = 
         raise UsageError(str(err)) from err
 
 
+def _open_bars() -> list:
+    """The tqdm progress bars this process is drawing: a line printed now would land at the end of theirs."""
+    tqdm = sys.modules.get("tqdm")
+    bars = getattr(getattr(tqdm, "tqdm", None), "_instances", ())
+    return [bar for bar in list(bars) if not getattr(bar, "disable", True)]
+
+
 def _show_warning(previous, message, category, filename, lineno, file=None, line=None):
     if not issubclass(category, OpenMatchWarning):
         return previous(message, category, filename, lineno, file, line)
     # The source line Python would print says where the warning was raised, which is of no use to the user.
     text = " ".join(str(message).split("\n"))
+    stream = file if file is not None else sys.stderr
     try:
-        print(f"warning: {text}", file=file if file is not None else sys.stderr)
+        if _open_bars():  # cleared, the warning printed on its own line, then redrawn below it
+            with sys.modules["tqdm"].tqdm.external_write_mode(file=stream, nolock=True):
+                print(f"warning: {text}", file=stream)
+        else:
+            print(f"warning: {text}", file=stream)
     except OSError:  # stderr closed: a warning must not end the run
         pass
 
@@ -130,7 +142,8 @@ def main_wrapper(main: Callable[[Optional[Sequence[str]]], Optional[int]]) -> Ca
         except Exception as err:
             if not is_user_error(err) or os.environ.get("OPENMATCH_TRACEBACK"):
                 raise
-            print(f"error: {error_message(err)}", file=sys.stderr)
+            # A bar left open by the failure keeps its last state on screen; the error goes on the next line.
+            print(("\n" if _open_bars() else "") + f"error: {error_message(err)}", file=sys.stderr)
             sys.exit(EXIT_USAGE)
         return int(status or 0)
 

@@ -6,7 +6,9 @@ tokens (the training loader adds them and truncates to ``--q_max_len``/``--p_max
 in where negative candidates come from:
 
 - build_train: ``train.negatives.tsv`` (``qid<TAB>neg1,neg2,...``), every candidate;
-- build_hn: a TREC run, the top ``--depth`` hits of each query.
+- build_hn (and build_train ``--negatives_from bm25``, from the BM25 run it writes): a TREC run, each query's
+  hits screened by :class:`openmatch.negatives.CandidateFilter` (ranks ``--first_rank`` to ``--depth``, judged
+  positives, the score margins), the ``screen`` of :func:`build`.
 
 Then, per query: positives are every passage judged relevant (relevance >= 1), looked up BY ID in the
 collection; negatives are the candidates minus positives, duplicates and ids missing from the collection,
@@ -37,11 +39,14 @@ tokenises to nothing (rare) is found after the draw and dropped, leaving that qu
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import multiprocessing
+import operator
 import os
 import random
 import re
+import warnings
 from collections import OrderedDict
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -51,12 +56,12 @@ from typing import Callable, Iterable, Iterator, Optional
 
 from tqdm import tqdm
 
-from .dataset.qrels import iter_run, load_qrels, relevant_ids
-from .dataset.readers import load_id_records
-from .dataset.records import DataFormatError, check_id, check_ids, iter_lines, split_tsv
+from .dataset.qrels import iter_run_lines, load_qrels, relevant_ids
+from .dataset.readers import iter_id_records
+from .dataset.records import DataFormatError, check_id, check_ids, find_duplicate, iter_lines, no_records, split_tsv
 from .dataset.template import Template
 from .cli import add_log_level_argument
-from .errors import OpenMatchError
+from .errors import OpenMatchError, OpenMatchWarning
 from .utils import atomic_output
 
 logger = logging.getLogger("openmatch.preprocessing")
@@ -140,12 +145,23 @@ def config_from_args(args: argparse.Namespace, shard_suffix: str) -> BuildConfig
 # ------------------------------------------------------------------------------------------- readers
 
 
-def load_texts(path, column_names: str, template: Template) -> dict[str, str]:
+def load_texts(path, column_names: str, template: Template, flag: str = "the template") -> dict[str, str]:
     """``{id: filled template}`` of a query or passage file, looked up by id (never by row number).
 
-    Only the filled text is kept: on full MS MARCO (8.8M passages) this is far smaller than records.
+    Only the filled text is kept: on full MS MARCO (8.8M passages) this is far smaller than records. A
+    template field missing from the first record is a typo in ``flag`` (an error); see
+    :class:`~openmatch.dataset.template.Template` for fields missing later, null or not text.
     """
-    return load_id_records(path, column_names, value=template.fill)
+    texts: dict[str, str] = {}
+    for line_no, rid, record in iter_id_records(path, column_names):
+        if not texts:
+            template.require_fields(record, os.fspath(path), line_no, flag)
+        if rid in texts:
+            raise find_duplicate(path, column_names, rid)
+        texts[rid] = template.fill(record, os.fspath(path), line_no)
+    if not texts:
+        raise no_records(path)
+    return texts
 
 
 def iter_negatives_file(path) -> Iterator[tuple[int, str, list[str]]]:
@@ -169,34 +185,59 @@ def iter_negatives_file(path) -> Iterator[tuple[int, str, list[str]]]:
         yield line_no, check_id(fields["qid"], path, line_no), check_ids(pids, path, line_no)
 
 
-def iter_run_groups(path, depth: int) -> Iterator[tuple[int, str, list[str]]]:
-    """Yield ``(first_line_no, qid, [pid, ...])`` of a TREC run, the top ``depth`` hits by rank.
+def iter_ranked_hits(path) -> Iterator[tuple[int, str, list[tuple[str, float]]]]:
+    """Yield ``(first_line_no, qid, [(pid, score), ...])`` of a TREC run: every hit of each query, in rank
+    order (the rank column; equal ranks keep their line order).
 
     Streams the run (a train run on MS MARCO has tens of millions of lines), so each query's hits must be
-    contiguous, as every retriever writes them; a query seen again after another is an error.
+    contiguous, as every retriever writes them; a query seen again after another is an error, and so is a
+    passage listed twice for one query. A rank column that orders some query's hits otherwise than their
+    scores do is reported in one warning at the end (the ranks are followed).
     """
-    if depth < 1:
-        raise PreprocessingError(f"--depth must be at least 1, got {depth}")
     done: set[str] = set()
-    current, start, hits = None, 0, []
-    line_no = 0
-    for line_no, (qid, pid, rank, _score) in enumerate(iter_run(path), start=1):
+    current, start, hits, lines = None, 0, [], {}
+    contradicted = []  # (qid, line of a hit ranked below a better-scored one)
+    for line_no, qid, pid, rank, score in iter_run_lines(path):
         if qid != current:
             if current is not None:
-                yield start, current, _top(hits, depth)
+                yield start, current, _ranked(hits, lines, contradicted, current)
                 done.add(current)
             if qid in done:
                 raise DataFormatError(
                     path, line_no, f"hits of query {qid!r} are not contiguous; sort the run by query first (sort -s -k1,1)"
                 )
-            current, start, hits = qid, line_no, []
-        hits.append((rank, len(hits), pid))
+            current, start, hits, lines = qid, line_no, [], {}
+        if pid in lines:
+            raise DataFormatError(path, line_no, f"passage {pid!r} appears twice for query {qid!r} (first on line {lines[pid]})")
+        lines[pid] = line_no
+        hits.append((rank, len(hits), pid, score))
     if current is not None:
-        yield start, current, _top(hits, depth)
+        yield start, current, _ranked(hits, lines, contradicted, current)
+    if contradicted:
+        qid, line = contradicted[0]
+        warnings.warn(
+            f"{path}: the rank column contradicts the scores in {len(contradicted)} queries (e.g. query {qid!r}, "
+            f"line {line}: ranked below a hit that scores lower); the hits are taken in rank order",
+            OpenMatchWarning,
+        )
 
 
-def _top(hits: list[tuple[int, int, str]], depth: int) -> list[str]:
-    return [pid for _, _, pid in sorted(hits)[:depth]]
+def _ranked(hits: list[tuple[int, int, str, float]], lines: dict, contradicted: list, qid: str) -> list[tuple[str, float]]:
+    ranked = sorted(hits)
+    scores = [score for _, _, _, score in ranked]
+    if not all(map(operator.ge, scores, itertools.islice(scores, 1, None))):  # C-level: runs have millions of hits
+        worse = next(i for i in range(1, len(scores)) if scores[i] > scores[i - 1])
+        contradicted.append((qid, lines[ranked[worse][2]]))
+    return [(pid, score) for _, _, pid, score in ranked]
+
+
+def iter_run_groups(path, depth: int) -> Iterator[tuple[int, str, list[str]]]:
+    """Yield ``(first_line_no, qid, [pid, ...])`` of a TREC run, the top ``depth`` hits by rank
+    (:func:`iter_ranked_hits` without the scores)."""
+    if depth < 1:
+        raise PreprocessingError(f"--depth must be at least 1, got {depth}")
+    for start, qid, hits in iter_ranked_hits(path):
+        yield start, qid, [pid for pid, _ in hits[:depth]]
 
 
 # ------------------------------------------------------------------------------------------- stats
@@ -516,19 +557,26 @@ class BuildResult:
 
 def build(
     config: BuildConfig,
-    make_items: Callable[[], Iterator[tuple[int, str, list[str]]]],
+    make_items: Callable[[], Iterator[tuple[int, str, list]]],
     source_name: str,
     total: Optional[int] = None,
+    screen: Optional[Callable[[list, dict, dict], list]] = None,
 ) -> BuildResult:
-    """Read queries, collection and qrels, then write shards for every item of ``make_items()``."""
+    """Read queries, collection and qrels, then write shards for every item of ``make_items()``.
+
+    ``screen(chunk, queries, relevant)``, when given, turns each chunk of items into ``(line_no, qid,
+    [pid, ...])`` items before they are planned (build_hn's hard-negative filters,
+    :class:`openmatch.negatives.CandidateFilter`); ``queries`` holds the filled query texts and ``relevant``
+    each query's judged positives.
+    """
     doc_template, query_template = Template(config.doc_template), Template(config.query_template)
     tokenizer_check = load_tokenizer(config.tokenizer_name)  # fail before minutes of loading
     logger.info("reading qrels %s", config.qrels)
     relevant = relevant_ids(load_qrels(config.qrels))
     logger.info("reading queries %s", config.queries)
-    queries = load_texts(config.queries, QUERY_COLUMNS, query_template)
+    queries = load_texts(config.queries, QUERY_COLUMNS, query_template, "--query_template")
     logger.info("reading collection %s", config.collection)
-    collection = load_texts(config.collection, COLLECTION_COLUMNS, doc_template)
+    collection = load_texts(config.collection, COLLECTION_COLUMNS, doc_template, "--doc_template")
     logger.info("%d queries, %d passages, %d judged queries", len(queries), len(collection), len(relevant))
 
     stats, source_stats, seen = Stats(), Stats(), set()
@@ -560,6 +608,8 @@ def build(
         builder = ExampleBuilder(config, queries, collection, relevant, tokenise)
         # Larger units with more workers, so that each tokeniser call splits into worthwhile slices.
         for chunk in _chunks(items(), config.chunk_size * config.num_workers):
+            if screen is not None:
+                chunk = screen(chunk, queries, relevant)
             lines, chunk_stats, chunk_slots = builder.build_chunk(chunk)
             for line in lines:
                 writer.write(line)

@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from tests import shared_data_dir  # noqa: E402  (after the environment defaults above)
-from tests.tiny_models import build_tiny_bert, build_tiny_t5  # noqa: E402
+from tests.tiny_models import build_tiny_bert, build_tiny_llm, build_tiny_t5  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +45,13 @@ def tiny_t5(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_t5_gated(tmp_path_factory) -> Path:
     return build_tiny_t5(tmp_path_factory.mktemp("tiny_t5_gated"), gated=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return build_tiny_llm(tmp_path_factory.mktemp("tiny_llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory) -> Path:
+    return build_tiny_llm(tmp_path_factory.mktemp("tiny_qwen2"), "qwen2")

@@ -181,6 +181,20 @@ def test_single_json_argument(tmp_path):
     assert data.p_max_len == 128  # unspecified fields keep their defaults
 
 
+def test_model_arguments_record_the_flags_given(tmp_path):
+    # A checkpoint's stored configuration is compared with the flags the user gave, defaults included.
+    model, _, _ = parse_quietly(TRAIN, ["--output_dir", str(tmp_path), "--model_name_or_path", "m", "--pooling",
+                                        "first", "--normalize", "--learning_rate", "1e-5", "--untie_encoder=false"])
+    assert model.given_flags == {"model_name_or_path", "pooling", "normalize", "untie_encoder", "output_dir",
+                                 "learning_rate"}
+    assert model.pooling == "first" and model.normalize and not model.untie_encoder  # values parsed as before
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"output_dir": str(tmp_path), "model_name_or_path": "m", "pooling": "mean"}))
+    model, _, _ = parse_quietly(TRAIN, [str(path)])
+    assert model.given_flags == {"output_dir", "model_name_or_path", "pooling"}
+    assert ModelArguments(model_name_or_path="m").given_flags is None  # built in Python: unknown
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
 def test_fp16_without_gpu_warns_once_and_uses_float32(tmp_path):
     with warnings.catch_warnings(record=True) as caught:

@@ -224,7 +224,7 @@ def test_build_hn_top_depth_minus_positives(marco, prepared, corpus, minilm_path
     ]
     with caplog.at_level(logging.WARNING):
         assert run_script(build_hn, argv) == 0
-    assert sorted(p.name for p in save_to.iterdir()) == ["split00.hn.jsonl", "split00.jsonl"]
+    assert sorted(p.name for p in save_to.iterdir()) == ["build_hn.stats.json", "split00.hn.jsonl", "split00.jsonl"]
     lines = [json.loads(line) for line in read_lines(save_to, "split*.hn.jsonl")]
     assert len(lines) == len(qids)
     for qid, line in zip(qids, lines):

@@ -117,3 +117,82 @@ def build_reproducible_tiny_bert(out_dir: str | os.PathLike, texts: list[str], s
     """A tiny BERT whose vocabulary is exactly the words of ``texts``: byte-identical for the same ``texts``
     and ``seed`` in any process."""
     return _save_tiny_bert(Path(out_dir), build_fixed_vocab_bert_tokenizer(out_dir, texts), seed, hidden)
+
+
+def _chain_bpe(words: list[str], specials: list[str], word_starts: list[str]) -> tuple[dict, list]:
+    """A BPE vocabulary and merges under which each word (behind each of ``word_starts``, e.g. the
+    SentencePiece "▁" or the byte-level "Ġ") is one token: every prefix of it is merged with its next character.
+
+    Merges of the first start come first, so a word behind it is not split by merges of the later ones; a pure
+    function of ``words`` (no trainer, whose ids vary by run)."""
+    vocab = {token: i for i, token in enumerate(specials)}
+    pieces = [start + word for start in word_starts for word in words]
+    for char in sorted({c for piece in pieces for c in piece}):
+        vocab.setdefault(char, len(vocab))
+    merges, seen = [], set()
+    for piece in pieces:
+        current = piece[0]
+        for char in piece[1:]:
+            if (current, char) not in seen:
+                seen.add((current, char))
+                merges.append((current, char))
+            current += char
+            vocab.setdefault(current, len(vocab))
+    return vocab, merges
+
+
+def _words(extra_text=None) -> list[str]:
+    return sorted({w for text in _training_text(extra_text) for w in text.split()})
+
+
+def build_llama_tokenizer(out_dir: str | os.PathLike, extra_text: list[str] | None = None):
+    """transformers' ``LlamaTokenizer`` over the synthetic words, laid out like Llama/Mistral's: ``<unk>`` 0,
+    ``<s>`` 1 put in front of every text, ``</s>`` 2 appended by nothing, and no pad token."""
+    from transformers import LlamaTokenizer
+
+    vocab, merges = _chain_bpe(_words(extra_text), ["<unk>", "<s>", "</s>"], ["▁"])
+    tokenizer = LlamaTokenizer(vocab=vocab, merges=merges, add_bos_token=True, add_eos_token=False)
+    tokenizer.save_pretrained(out_dir)
+    return tokenizer
+
+
+def build_qwen2_tokenizer(out_dir: str | os.PathLike, extra_text: list[str] | None = None):
+    """transformers' byte-level ``Qwen2Tokenizer`` over the synthetic words, laid out like Qwen2/Qwen3's: no
+    special token added to a text, and ``<|endoftext|>`` (id 0) both its end-of-text and its pad token."""
+    from transformers import Qwen2Tokenizer
+
+    vocab, merges = _chain_bpe(_words(extra_text), ["<|endoftext|>"], ["Ġ", ""])
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges)
+    tokenizer.save_pretrained(out_dir)
+    return tokenizer
+
+
+def build_tiny_llm(out_dir: str | os.PathLike, family: str = "llama", seed: int = 0, hidden: int = 32,
+                   dropout: float = 0.0, extra_text=None) -> Path:
+    """A randomly initialised 2-layer decoder saved as its ``...ForCausalLM``, as real checkpoints are, with
+    the matching tokenizer; ``AutoModel`` loads its base model. ``family``: "llama" and "mistral" (Llama's
+    tokenizer layout), "qwen2" and "qwen3" (Qwen's)."""
+    import torch
+    import transformers
+
+    classes = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
+    if family not in classes:
+        raise ValueError(f"unknown family {family!r} ({', '.join(classes)})")
+    out_dir = Path(out_dir)
+    if family in ("llama", "mistral"):
+        tokenizer = build_llama_tokenizer(out_dir, extra_text)
+        ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    else:
+        tokenizer = build_qwen2_tokenizer(out_dir, extra_text)
+        # No pad_token_id, as in Qwen2/Qwen3 releases: it would zero the embedding of <|endoftext|>, their pad and EOS.
+        ids = {"bos_token_id": None, "eos_token_id": tokenizer.eos_token_id}
+    config_class = getattr(transformers, f"{classes[family]}Config")
+    model_class = getattr(transformers, f"{classes[family]}ForCausalLM")
+    config = config_class(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4, max_position_embeddings=256,
+        attention_dropout=dropout, tie_word_embeddings=True, **ids,
+    )
+    torch.manual_seed(seed)
+    model_class(config).save_pretrained(out_dir)
+    return out_dir

@@ -16,6 +16,11 @@ while skipping most of the work spent on padding when texts vary in length.
 Templates: ``--doc_template``/``--query_template`` as in OpenMatch (``"Title: <title> Text: <text>"``).
 OpenMatch has no default; here a missing template means ``"<text>"`` (the record's text field), with a
 warning for passages because a title, if any, is then ignored.
+
+The file's first record is parsed in the main process when the dataset is made (:func:`check_first_record`):
+a wrong column count, a missing id or a template field absent from it (a typo such as ``<tilte>``) stops the
+command before anything is encoded. A user error raised later in a loader worker reaches the main process as
+itself (:mod:`openmatch.dataset.workers`).
 """
 
 from __future__ import annotations
@@ -29,14 +34,39 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from ..distributed import dist_context
 from ..errors import MissingInputError, UsageError
-from .records import RecordParser, iter_raw_data_lines, parse_column_names
+from .records import RecordParser, iter_raw_data_lines, no_records, parse_column_names
 from .streaming import ShardedStream
 from .template import Template
 from .tokenization import length_sorted_batches, require_pad_id
+from .workers import user_errors_leave_workers
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = "<text>"
+
+# The flags that set a side's template and column names, named in errors and warnings.
+FLAGS = {
+    "passage": ("--doc_template", "--doc_column_names"),
+    "query": ("--query_template", "--query_column_names"),
+}
+
+
+def check_first_record(path: str | os.PathLike, column_names: Optional[str | Sequence[str]], template: Template,
+                       kind: str = "passage") -> None:
+    """Parse the first record of a query or corpus file and check that it holds every field of ``template``.
+
+    A field missing from the first record of a file whose records share their fields is a typo in the
+    template flag, refused here instead of encoding every record without it; a field missing only from
+    later records is filled with "" and warned about (:class:`~openmatch.dataset.template.Template`). Also
+    refuses an empty file and reports a first line that is a header.
+    """
+    template_flag, names_flag = FLAGS.get(kind, FLAGS["passage"])
+    parser = RecordParser(path, column_names, names_flag=names_flag)
+    for line_no, raw in iter_raw_data_lines(path, parser):
+        _, record = parser.parse(raw, line_no)
+        template.require_fields(record, os.fspath(path), line_no, template_flag)
+        return
+    raise no_records(path)
 
 
 def resolve_template(template: Optional[str], kind: str = "passage") -> Template:
@@ -89,7 +119,9 @@ class InferenceDataset(IterableDataset):
         self.skip = skip
         self.window = max(1, window_batches) * batch_size if sort_by_length else batch_size
         self.sort_by_length = sort_by_length
+        self.names_flag = FLAGS.get(kind, FLAGS["passage"])[1]
         require_pad_id(tokenizer)
+        check_first_record(self.path, self.column_names, self.template, kind)
 
     def _placement(self) -> tuple[int, int]:
         rank, world_size = dist_context()
@@ -99,7 +131,7 @@ class InferenceDataset(IterableDataset):
         """``(line_no, j, raw)`` of the lines this rank owns and does not skip; nothing is parsed here."""
         rank, world_size = self._placement()
         skip = self.skip
-        for g, (line_no, raw) in enumerate(iter_raw_data_lines(self.path, parser)):
+        for g, (line_no, raw) in enumerate(iter_raw_data_lines(self.path, parser, report_header=False)):
             if g % world_size != rank:
                 continue
             j = g // world_size
@@ -113,24 +145,25 @@ class InferenceDataset(IterableDataset):
             rid, record = parser.parse(raw, line_no)
             ids.append(rid)
             positions.append(j)
-            texts.append(self.template.fill(record))
+            texts.append(self.template.fill(record, self.path, line_no))
         for rows, batch in length_sorted_batches(self.tokenizer, texts, self.max_len, self.batch_size, self.sort_by_length):
             batch["ids"] = [ids[i] for i in rows]
             batch["positions"] = torch.tensor([positions[i] for i in rows], dtype=torch.long)
             yield batch
 
     def __iter__(self) -> Iterator[dict]:
-        parser = RecordParser(self.path, self.column_names)
-        # ShardedStream, told it is the only rank, deals this rank's lines to the loader workers.
-        lines = iter(ShardedStream(lambda: self._rank_lines(parser), rank=0, world_size=1))
-        window: list = []
-        for item in lines:
-            window.append(item)
-            if len(window) >= self.window:
+        with user_errors_leave_workers():
+            parser = RecordParser(self.path, self.column_names, names_flag=self.names_flag)
+            # ShardedStream, told it is the only rank, deals this rank's lines to the loader workers.
+            lines = iter(ShardedStream(lambda: self._rank_lines(parser), rank=0, world_size=1))
+            window: list = []
+            for item in lines:
+                window.append(item)
+                if len(window) >= self.window:
+                    yield from self._batches(window, parser)
+                    window = []
+            if window:
                 yield from self._batches(window, parser)
-                window = []
-        if window:
-            yield from self._batches(window, parser)
 
 
 def make_loader(dataset: InferenceDataset, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:

@@ -5,7 +5,8 @@ Qrels layouts accepted (whitespace: tab or spaces):
 - two columns: ``qid pid`` (relevance 1),
 - BEIR: a ``query-id corpus-id score`` header, then 3 columns.
 Judgments of relevance 0 are kept: metrics treat relevance > 0 as relevant, but a query judged only 0 is
-still a query of the evaluation (it scores 0, as in trec_eval).
+still a query of the evaluation (it scores 0, as in trec_eval). A (query, passage) pair judged twice with
+the same relevance is read once; judged twice with different relevances it is an error naming both lines.
 
 Lines are decoded as every record file is (:mod:`openmatch.dataset.records`: strict UTF-8, CRLF or LF, blank
 lines skipped, errors as ``path:line: what``). White space separates the columns of qrels and runs, so their
@@ -69,10 +70,28 @@ def load_qrels(path: str | os.PathLike) -> Qrels:
             qid, pid, rel = fields[0], fields[1], _parse_relevance(fields[2], path, line_no)
         else:
             qid, pid, rel = fields[0], fields[1], 1
-        qrels[qid][pid] = rel
+        judged = qrels[qid]
+        if judged.get(pid, rel) != rel:
+            raise _conflicting_judgment(path, line_no, qid, pid, rel, judged[pid], 2 if width == 4 else 1)
+        judged[pid] = rel
     if not qrels:
         raise no_records(path)
     return dict(qrels)
+
+
+def _conflicting_judgment(path, line_no: int, qid: str, pid: str, rel: int, earlier: int, pid_column: int) -> DataFormatError:
+    """The error for a pair judged ``rel`` on ``line_no`` after ``earlier``; rescans the file for the line of
+    the earlier judgment (on the error path only: the reader keeps no line numbers)."""
+    first = None
+    for other_line, line in iter_lines(path):
+        fields = line.split()
+        if other_line >= line_no or fields[0] == qid and fields[pid_column] == pid:
+            first = other_line if other_line < line_no else None
+            break
+    where = f" on line {first}" if first is not None else " earlier"
+    return DataFormatError(
+        path, line_no, f"query {qid!r} passage {pid!r} judged {rel} here but {earlier}{where}; keep one of the two lines"
+    )
 
 
 def relevant_ids(qrels: Qrels, min_relevance: int = 1) -> dict[str, list[str]]:
@@ -102,8 +121,8 @@ def _parse_run_line(path, line_no: int, line: str):
     return qid, pid, rank_value, score_value
 
 
-def _iter_run_blocks(path) -> Iterator[tuple[int, list, list, list, list]]:
-    """Yield ``(first_line_no, qids, pids, ranks, scores)`` per block of ~16 MiB of lines.
+def _iter_run_blocks(path) -> Iterator[tuple[Sequence[int], list, list, list, list]]:
+    """Yield ``(line_numbers, qids, pids, ranks, scores)`` per block of ~16 MiB of lines.
 
     A run of MS MARCO dev is 7 million lines; parsing line by line in Python costs a minute, so each block
     is split and converted with C-level ``map``/``zip``. Any irregularity in a block (blank line, wrong
@@ -139,21 +158,22 @@ def _iter_run_blocks(path) -> Iterator[tuple[int, list, list, list, list]]:
                         gc.enable()
                 if any(map(math.isnan, scores)):
                     raise ValueError
-                yield first_line, list(qids), list(pids), ranks, scores
+                # No blank line in this block (it would have sent it to the slow path): line i is first_line + i.
+                yield range(first_line, first_line + len(ranks)), list(qids), list(pids), ranks, scores
             except (ValueError, UnicodeDecodeError):
                 yield _parse_block_slowly(path, first_line, chunk)
             first_line += num_lines
 
 
 def _parse_block_slowly(path, first_line: int, chunk: bytes):
-    qids, pids, ranks, scores = [], [], [], []
+    lines, qids, pids, ranks, scores = [], [], [], [], []
     for offset, raw in enumerate(chunk.split(b"\n")):
         line_no = first_line + offset
         if is_blank(raw):
             continue
         qid, pid, rank, score = _parse_run_line(path, line_no, decode_line(raw, path, line_no))
-        qids.append(qid), pids.append(pid), ranks.append(rank), scores.append(score)
-    return first_line, qids, pids, ranks, scores
+        lines.append(line_no), qids.append(qid), pids.append(pid), ranks.append(rank), scores.append(score)
+    return lines, qids, pids, ranks, scores
 
 
 def iter_run(path: str | os.PathLike) -> Iterator[tuple[str, str, int, float]]:
@@ -161,6 +181,24 @@ def iter_run(path: str | os.PathLike) -> Iterator[tuple[str, str, int, float]]:
     not 6 columns, a non-integer rank, or a score that is not a number (or NaN) is a ``DataFormatError``."""
     for _, qids, pids, ranks, scores in _iter_run_blocks(path):
         yield from zip(qids, pids, ranks, scores)
+
+
+def iter_run_lines(path: str | os.PathLike) -> Iterator[tuple[int, str, str, int, float]]:
+    """:func:`iter_run` with each hit's line number first: ``(line_no, qid, pid, rank, score)``."""
+    for lines, qids, pids, ranks, scores in _iter_run_blocks(path):
+        yield from zip(lines, qids, pids, ranks, scores)
+
+
+def find_repeated_hit(path: str | os.PathLike, qid: str, pid: str) -> DataFormatError:
+    """The error for passage ``pid`` listed twice for query ``qid`` in a run, naming both lines (a rescan, on
+    the error path only)."""
+    first = None
+    for line_no, q, p, _, _ in iter_run_lines(path):
+        if q == qid and p == pid:
+            if first is not None:
+                return DataFormatError(path, line_no, f"passage {pid!r} appears twice for query {qid!r} (first on line {first})")
+            first = line_no
+    return DataFormatError(path, None, f"passage {pid!r} appears twice for query {qid!r}")
 
 
 def load_run(path: str | os.PathLike) -> Run:
@@ -179,7 +217,7 @@ def load_run(path: str | os.PathLike) -> Run:
             if len(stretch) != end - start or not hits.keys().isdisjoint(stretch):
                 seen = set(hits)
                 duplicate = next(pid for pid in pids[start:end] if pid in seen or seen.add(pid))
-                raise DataFormatError(path, None, f"passage {duplicate!r} appears twice for query {qid!r}")
+                raise find_repeated_hit(path, qid, duplicate)
             hits.update(stretch)
             start = end
     return run

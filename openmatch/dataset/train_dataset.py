@@ -18,6 +18,13 @@ Passage choice is a pure function of ``(seed, epoch, example index)``, so a resu
 - an example with fewer negatives than ``n - 1`` draws them with replacement (logged once per dataset);
   an example with no negatives at all when ``n > 1`` is a ``DataFormatError``.
 
+Before training, :meth:`TrainDataset.from_args` checks every line while it indexes the files (one pass,
+:func:`check_training_line`): a JSON object whose ``query``, ``positives`` and ``negatives`` are non-empty lists
+of token ids below the tokenizer's vocabulary size, and negatives when ``n > 1``. A bad line is a
+``DataFormatError`` naming it before the model trains a step, not hours into the run; :func:`scan_training_file`
+runs the same check on its own. A user error raised in a loader worker reaches the main process as itself
+(:mod:`openmatch.dataset.workers`).
+
 Passage identity, for the loss's false-negative mask: each item also carries the keys (:func:`passage_key`)
 of ALL its example's positives, and the collator adds the key of every passage of the batch, so the loss
 can tell when a passage of the batch is one of a query's positives (a positive shared by two queries, a
@@ -37,8 +44,9 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import InputError, MissingInputError, UsageError
-from .records import DataFormatError, decode_json_object, decode_line, is_blank, no_records
+from .records import DataFormatError, decode_json_object, decode_line, is_blank, no_records, open_binary
 from .tokenization import SpecialTokenLayout, pad_batch, require_pad_id
+from .workers import user_errors_leave_workers
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +77,74 @@ def passage_key(token_ids: Sequence[int]) -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
-def _check_ids(value, path: str, line: int, what: str) -> list[int]:
+def _check_ids(value, path: str, line: int, what: str, vocab_size: Optional[int] = None) -> list[int]:
     if not isinstance(value, list) or not value:
         raise DataFormatError(path, line, f"{what} must be a non-empty list of token ids")
     if not all(isinstance(tok, int) and not isinstance(tok, bool) and tok >= 0 for tok in value):
         raise DataFormatError(path, line, f"{what} must hold non-negative integer token ids")
+    if vocab_size is not None and max(value) >= vocab_size:
+        raise DataFormatError(
+            path, line, f"{what} holds token id {max(value)}, beyond the vocabulary of {vocab_size} tokens (was the file "
+            "tokenised with another tokenizer?)"
+        )
     return value
+
+
+def _validated(record: dict, path: str, line: int, vocab_size: Optional[int] = None) -> dict:
+    """``{"query", "positives", "negatives"}`` of a decoded line, each checked, with errors naming the field."""
+    query = _check_ids(record.get("query"), path, line, '"query"', vocab_size)
+    positives = record.get("positives")
+    if not isinstance(positives, list) or not positives:
+        raise DataFormatError(path, line, 'no positive passages ("positives" is missing or empty)')
+    negatives = record.get("negatives", [])
+    if not isinstance(negatives, list):
+        raise DataFormatError(path, line, '"negatives" must be a list of token-id lists')
+    positives = [_check_ids(p, path, line, f'"positives"[{i}]', vocab_size) for i, p in enumerate(positives)]
+    negatives = [_check_ids(p, path, line, f'"negatives"[{i}]', vocab_size) for i, p in enumerate(negatives)]
+    return {"query": query, "positives": positives, "negatives": negatives}
+
+
+_INT_LIST_SYNTAX = b'0123456789[]{},:" \t\r\n'
+
+
+def check_training_line(raw: bytes, path: str, line: int, vocab_size: Optional[int] = None, train_n_passages: int = 1) -> None:
+    """Refuse a line of training JSONL that training would fail on (see the module docstring), as
+    ``DataFormatError(path, line, what)``; token ids are checked against ``vocab_size`` when given."""
+    record = decode_json_object(decode_line(raw, path, line), path, line)
+    query, positives, negatives = record.get("query"), record.get("positives"), record.get("negatives", [])
+    # The common case in C-level passes (a line holds thousands of ids, MS MARCO's file half a million lines);
+    # any doubt goes to _validated, which finds and words the problem.
+    ok = type(query) is list and type(positives) is list and type(negatives) is list and query and positives
+    lists = [query, *positives, *negatives] if ok else []
+    ok = ok and all(type(ids) is list and ids for ids in lists)
+    # Once digits and JSON punctuation are deleted, only the keys' letters are left unless some value is a
+    # float, a negative number, a string with letters, true, false or null.
+    ok = ok and raw.translate(None, _INT_LIST_SYNTAX) == "".join(record).encode().translate(None, _INT_LIST_SYNTAX)
+    if ok:
+        try:  # comparing a digit string, a list or an object with an int raises TypeError
+            top = max(map(max, lists))
+            ok = top >= 0 and (vocab_size is None or top < vocab_size)
+        except TypeError:
+            ok = False
+    if not ok:
+        _validated(record, path, line, vocab_size)
+    if train_n_passages > 1 and not negatives:
+        raise DataFormatError(path, line, f"no negatives, but --train_n_passages {train_n_passages} needs {train_n_passages - 1}")
+
+
+def scan_training_file(path: str | os.PathLike, vocab_size: Optional[int] = None, train_n_passages: int = 1) -> int:
+    """Check every line of a training JSONL file (:func:`check_training_line`) in one pass, before any
+    expensive work; returns the number of examples. The first bad line is a ``DataFormatError`` naming it."""
+    path = os.fspath(path)
+    count = 0
+    with open_binary(path) as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            if not is_blank(raw):
+                check_training_line(raw, path, line_no, vocab_size, train_n_passages)
+                count += 1
+    if not count:
+        raise no_records(path)
+    return count
 
 
 class TrainDataset(Dataset):
@@ -82,7 +152,8 @@ class TrainDataset(Dataset):
 
     ``dataset[i]`` is ``{"query": [ids], "passages": [[ids] * train_n_passages], "positive_keys": [key, ...]}``
     with special tokens added and truncated to ``q_max_len`` / ``p_max_len``; the first passage is the positive,
-    and ``positive_keys`` are the :func:`passage_key` of every positive of the example (wrapped the same way).
+    and ``positive_keys`` are the :func:`passage_key` of every positive of the example (wrapped the same way). ``check_lines`` checks
+    every line while the files are indexed (token ids below ``vocab_size`` when given), as ``from_args`` does.
     """
 
     def __init__(
@@ -98,6 +169,8 @@ class TrainDataset(Dataset):
         positive_passage_no_shuffle: bool = False,
         negative_passage_no_shuffle: bool = False,
         show_progress: bool = True,
+        check_lines: bool = False,
+        vocab_size: Optional[int] = None,
     ):
         if layout is None:
             if tokenizer is None:
@@ -119,11 +192,14 @@ class TrainDataset(Dataset):
         self._warned_replacement = False
         self._fds: dict[int, int] = {}
         self._fd_pid: Optional[int] = None
-        self._build_index(show_progress)
+        self._build_index(show_progress, check_lines, vocab_size)
 
     @classmethod
-    def from_args(cls, data_args, tokenizer, seed: int, path: Optional[str] = None) -> "TrainDataset":
-        """The training set of ``--train_path``/``--train_dir``, or the file ``path`` (e.g. ``--eval_path``)."""
+    def from_args(cls, data_args, tokenizer, seed: int, path: Optional[str] = None,
+                  check_lines: bool = True) -> "TrainDataset":
+        """The training set of ``--train_path``/``--train_dir``, or the file ``path`` (e.g. ``--eval_path``),
+        every line checked against the tokenizer's vocabulary while the files are indexed (``check_lines=False``
+        for a caller that ran :func:`scan_training_file` already, as train_dr does before loading the model)."""
         paths = [path] if path else resolve_train_files(data_args.train_path, data_args.train_dir)
         return cls(
             paths,
@@ -134,23 +210,28 @@ class TrainDataset(Dataset):
             seed=seed,
             positive_passage_no_shuffle=data_args.positive_passage_no_shuffle,
             negative_passage_no_shuffle=data_args.negative_passage_no_shuffle,
+            check_lines=check_lines,
+            vocab_size=len(tokenizer),
         )
 
     # -- index -------------------------------------------------------------------------------------------
 
-    def _build_index(self, show_progress: bool) -> None:
-        """Record (file, start, end, line number) of every non-blank line in one buffered scan."""
+    def _build_index(self, show_progress: bool, check_lines: bool = False, vocab_size: Optional[int] = None) -> None:
+        """Record (file, start, end, line number) of every non-blank line in one buffered scan, checking each
+        line (:func:`check_training_line`, token ids below ``vocab_size``) when ``check_lines``."""
         from tqdm.auto import tqdm
 
         files, starts, ends, lines = [], [], [], []
         total = sum(os.path.getsize(p) for p in self.paths)
-        with tqdm(total=total, unit="B", unit_scale=True, desc="indexing training data",
+        with tqdm(total=total, unit="B", unit_scale=True, desc="checking training data" if check_lines else "indexing training data",
                   disable=not show_progress or total < (64 << 20)) as bar:
             for file_no, path in enumerate(self.paths):
-                offset = 0
-                with open(path, "rb", buffering=1 << 20) as handle:
+                with open_binary(path) as handle:
+                    offset = handle.tell()  # past a byte-order mark
                     for line_no, raw in enumerate(handle, start=1):
                         if not is_blank(raw):
+                            if check_lines:
+                                check_training_line(raw, path, line_no, vocab_size, self.train_n_passages)
                             files.append(file_no)
                             starts.append(offset)
                             ends.append(offset + len(raw))
@@ -199,17 +280,7 @@ class TrainDataset(Dataset):
         file_no, start, end = int(self._file[index]), int(self._start[index]), int(self._end[index])
         path, line = self.location(index)
         data = os.pread(self._fd(file_no), end - start, start)
-        record = decode_json_object(decode_line(data, path, line), path, line)
-        query = _check_ids(record.get("query"), path, line, '"query"')
-        positives = record.get("positives")
-        if not isinstance(positives, list) or not positives:
-            raise DataFormatError(path, line, 'no positive passages ("positives" is missing or empty)')
-        negatives = record.get("negatives", [])
-        if not isinstance(negatives, list):
-            raise DataFormatError(path, line, '"negatives" must be a list of token-id lists')
-        positives = [_check_ids(p, path, line, f'"positives"[{i}]') for i, p in enumerate(positives)]
-        negatives = [_check_ids(p, path, line, f'"negatives"[{i}]') for i, p in enumerate(negatives)]
-        return {"query": query, "positives": positives, "negatives": negatives}
+        return _validated(decode_json_object(decode_line(data, path, line), path, line), path, line)
 
     # -- sampling ----------------------------------------------------------------------------------------
 
@@ -248,15 +319,16 @@ class TrainDataset(Dataset):
         return [positive] + [negatives[int(i)] for i in picks]
 
     def __getitem__(self, index: int) -> dict:
-        index = int(index)
-        record = self.raw(index)
-        passages = self.sample_passages(index, record)
-        wrap = self.layout.wrap
-        return {
-            "query": wrap(record["query"], self.q_max_len),
-            "passages": [wrap(p, self.p_max_len) for p in passages],
-            "positive_keys": [passage_key(wrap(p, self.p_max_len)) for p in record["positives"]],
-        }
+        with user_errors_leave_workers():
+            index = int(index)
+            record = self.raw(index)
+            passages = self.sample_passages(index, record)
+            wrap = self.layout.wrap
+            return {
+                "query": wrap(record["query"], self.q_max_len),
+                "passages": [wrap(p, self.p_max_len) for p in passages],
+                "positive_keys": [passage_key(wrap(p, self.p_max_len)) for p in record["positives"]],
+            }
 
 
 class TrainCollator:

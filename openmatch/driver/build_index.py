@@ -32,11 +32,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rank, _ = dist_context()
     setup_logging(rank, infer_args.log_level)
     from ..api import load_model
+    from ..modeling.checkpoint import check_max_len
     from ..retriever.builder import BuildOptions, build_index
 
     options = BuildOptions.from_args(model_args, data_args, infer_args, index_args)
     check_writable_folder(options.output_dir, "--output_dir")  # before the model is loaded and anything encoded
     model, tokenizer = load_model(model_args)
+    check_max_len(model, p_max_len=data_args.p_max_len)
     build_index(model, tokenizer, options=options)
     teardown_distributed()
     return 0

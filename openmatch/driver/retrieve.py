@@ -49,6 +49,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise UsageError(f"--trec_save_path {run_path} is a folder; give the path of the run file to write")
     check_writable_folder(os.path.dirname(os.path.abspath(run_path)), "--trec_save_path", run_path)
     from ..api import load_model, retrieve
+    from ..modeling.checkpoint import check_max_len
     from ..retriever import SearchOptions
     from ..retriever.search import check_search_resources
 
@@ -56,6 +57,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     check_search_resources(options)
     index = _open_index(infer_args.output_dir, rank)
     model, tokenizer = load_model(model_args)
+    check_max_len(model, q_max_len=data_args.q_max_len)
     results = retrieve(model, tokenizer, data_args.query_path, index, options=options)
     error = None
     if rank == 0:

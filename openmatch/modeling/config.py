@@ -17,6 +17,7 @@ DECODER_BACKBONES = ("T5Model", "MT5Model", "UMT5Model")
 T5_ENCODER_BACKBONES = ("T5EncoderModel", "MT5EncoderModel", "UMT5EncoderModel")
 
 OPENMATCH_KEYS = ("tied", "plm_backbone", "pooling", "linear_head", "normalize")
+POOLINGS = ("first", "mean", "last")
 
 
 @dataclass
@@ -40,12 +41,80 @@ class TrainingSettings:
 
 
 @dataclass
+class Instructions:
+    """Token ids the model puts in front of every query / passage it encodes (``--query_prefix``, ``--passage_prefix``).
+
+    They are inserted after the first ``offset`` tokens of the tokenised text (the tokenizer's leading special
+    tokens, e.g. Llama's ``<s>``), by the model itself, so that every caller (training, validation, build_index,
+    retrieve, the API) encodes with them. The texts are kept beside the ids for people and for conflict checks.
+    """
+
+    query: str = ""
+    passage: str = ""
+    query_ids: list[int] = field(default_factory=list)
+    passage_ids: list[int] = field(default_factory=list)
+    offset: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"query": self.query, "passage": self.passage, "query_ids": list(self.query_ids),
+                "passage_ids": list(self.passage_ids), "offset": self.offset}
+
+    @classmethod
+    def from_json(cls, data: Any, source: str) -> "Instructions":
+        if not isinstance(data, dict):
+            raise InputError(f"{source}: instructions must be an object")
+        ids = {}
+        for key in ("query_ids", "passage_ids"):
+            value = data.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value):
+                raise InputError(f"{source}: instructions.{key} must be a list of token ids")
+            ids[key] = value
+        offset = data.get("offset", 0)
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise InputError(f"{source}: instructions.offset must be a non-negative integer, got {offset!r}")
+        return cls(query=str(data.get("query", "")), passage=str(data.get("passage", "")), offset=offset, **ids)
+
+
+@dataclass
+class LoraSettings:
+    """A LoRA checkpoint's adapter settings and the frozen base it was trained on.
+
+    ``base_model`` is the base's folder (or Hugging Face name) and ``base_fingerprint`` a hash of its weights
+    (:func:`openmatch.modeling.lora.weights_fingerprint`), so that an adapter is never put on another base.
+    """
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.1
+    target_modules: list[str] | str = "all-linear"
+    base_model: str = ""
+    base_fingerprint: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any, source: str) -> "LoraSettings":
+        if not isinstance(data, dict):
+            raise InputError(f"{source}: lora must be an object")
+        missing = [key for key in ("r", "alpha", "target_modules", "base_model", "base_fingerprint") if key not in data]
+        if missing:
+            raise InputError(f"{source}: lora is missing key(s) {', '.join(missing)}")
+        return cls(
+            r=int(data["r"]), alpha=int(data["alpha"]), dropout=float(data.get("dropout", 0.0)),
+            target_modules=data["target_modules"], base_model=str(data["base_model"]),
+            base_fingerprint=str(data["base_fingerprint"]),
+        )
+
+
+@dataclass
 class DRModelConfig:
     """The encoder of a bi-encoder (backbone class, pooling, head, normalisation), plus its ``training`` settings.
 
     ``to_openmatch_json`` writes OpenMatch v2's ``openmatch_config.json`` schema (``tied``,
     ``plm_backbone.{type,feature}``, ``pooling``, ``linear_head``, ``normalize``) plus our extra keys, so
-    OpenMatch can read our tied checkpoints and we can read all of OpenMatch's.
+    OpenMatch can read our tied checkpoints and we can read all of OpenMatch's. ``instructions`` (query/passage
+    prefixes) and ``lora`` (a LoRA checkpoint's adapter and base) are written only when set.
     """
 
     tied: bool = True
@@ -57,6 +126,8 @@ class DRModelConfig:
     projection_out_dim: Optional[int] = None
     normalize: bool = False
     training: TrainingSettings = field(default_factory=TrainingSettings)
+    instructions: Optional[Instructions] = None
+    lora: Optional[LoraSettings] = None
 
     @property
     def temperature(self) -> float:
@@ -79,7 +150,7 @@ class DRModelConfig:
 
     def _encoder_json(self) -> dict[str, Any]:
         """The encoder's fields in ``openmatch_config.json`` form: OpenMatch's keys first, then ours."""
-        return {
+        data = {
             "tied": self.tied,
             "plm_backbone": {"type": self.plm_backbone_type, "feature": self.feature},
             "pooling": self.pooling,
@@ -88,10 +159,21 @@ class DRModelConfig:
             "projection_in_dim": self.projection_in_dim,
             "projection_out_dim": self.projection_out_dim,
         }
+        # Only when set, so that the files (and index records) of models without instructions stay as they were.
+        if self.instructions is not None:
+            data["instructions"] = self.instructions.to_json()
+        return data
 
     def to_openmatch_json(self) -> dict[str, Any]:
-        """The ``openmatch_config.json`` content: the encoder, then the training settings."""
-        return {**self._encoder_json(), **self.training.to_json()}
+        """The ``openmatch_config.json`` content: the encoder, the training settings, then the LoRA adapter's.
+
+        ``lora`` is left out of :meth:`encoding_json`: how the weights are stored (adapter or merged) does not
+        change an embedding, and the index's weight fingerprint already tells models apart.
+        """
+        data = {**self._encoder_json(), **self.training.to_json()}
+        if self.lora is not None:
+            data["lora"] = self.lora.to_json()
+        return data
 
     def encoding_json(self) -> dict[str, Any]:
         """The encoder's identity: the fields that decide what a text's embedding is, no training settings.
@@ -117,8 +199,8 @@ class DRModelConfig:
         if not isinstance(backbone, dict) or "type" not in backbone:
             raise InputError(f"{source}: plm_backbone must be an object with a 'type' key")
         pooling = data["pooling"]
-        if pooling not in ("first", "mean"):
-            raise InputError(f"{source}: pooling must be 'first' or 'mean', got {pooling!r}")
+        if pooling not in POOLINGS:
+            raise InputError(f"{source}: pooling must be 'first', 'mean' or 'last', got {pooling!r}")
         return cls(
             tied=bool(data["tied"]),
             plm_backbone_type=str(backbone["type"]),
@@ -129,4 +211,6 @@ class DRModelConfig:
             projection_out_dim=data.get("projection_out_dim"),
             normalize=bool(data["normalize"]),
             training=TrainingSettings.from_json(data),
+            instructions=Instructions.from_json(data["instructions"], source) if data.get("instructions") else None,
+            lora=LoraSettings.from_json(data["lora"], source) if data.get("lora") else None,
         )

@@ -6,9 +6,10 @@ Its checkpoint folders (ours, OpenMatch v2's, plain Hugging Face ones) are read 
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,7 @@ from transformers.utils import ModelOutput
 
 from ..arguments import ModelArguments
 from .config import DRModelConfig
+from .lora import is_lora
 
 
 @dataclass
@@ -43,13 +45,71 @@ class LinearHead(nn.Module):
         return self.linear(x)
 
 
+def _position_limit(lm: nn.Module) -> Optional[int]:
+    """Input positions a backbone's learned position table covers (BERT: ``max_position_embeddings``; RoBERTa-
+    style tables, whose positions start after the padding index, cover that many fewer); ``None`` without one."""
+    for name, module in lm.named_modules():
+        if isinstance(module, nn.Embedding) and name.rsplit(".", 1)[-1] in ("position_embeddings", "wpe"):
+            reserved = module.padding_idx + 1 if module.padding_idx is not None else 0
+            return module.num_embeddings - reserved
+    return None
+
+
+def last_token_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
+    """[B, D] hidden state of each row's last real token (the highest position its mask marks).
+
+    The same position whichever side the padding is on: ``len - 1`` under right padding, the last column
+    under left padding.
+    """
+    positions = torch.arange(attention_mask.size(1), device=attention_mask.device)
+    last = (positions * attention_mask.to(positions.dtype)).argmax(dim=1)
+    return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """Positions counted over real tokens only (0 for left padding), so that a left-padded row gets the
+    positions it has alone; under right padding they equal the default ``0 .. L-1``."""
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+def insert_instruction(input_ids: Tensor, attention_mask: Tensor, instruction: list[int], offset: int) -> tuple[Tensor, Tensor]:
+    """Rows with ``instruction`` inserted after their first ``offset`` real tokens, right-padded.
+
+    Rows may come padded on either side: their real tokens are first moved to the front (in order), then
+    the instruction goes in, so every row reads ``real[:offset] + instruction + real[offset:]`` and its mask
+    stays one contiguous run.
+    """
+    real = attention_mask.bool()
+    if bool((real.sum(dim=1) < offset).any()):
+        raise ValueError(f"a row has fewer than the {offset} leading special token(s) its instruction follows")
+    order = torch.argsort((~real).to(torch.int8), dim=1, stable=True)  # real tokens first, in their order
+    ids, mask = input_ids.gather(1, order), attention_mask.gather(1, order)
+    rows = ids.size(0)
+    inserted = torch.as_tensor(instruction, dtype=ids.dtype, device=ids.device).expand(rows, len(instruction))
+    ids = torch.cat([ids[:, :offset], inserted, ids[:, offset:]], dim=1)
+    mask = torch.cat([mask[:, :offset], torch.ones_like(inserted, dtype=mask.dtype), mask[:, offset:]], dim=1)
+    return ids, mask
+
+
+def _forward_parameters(lm: nn.Module) -> set[str]:
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm  # peft's wrapper forwards **kwargs
+    return set(inspect.signature(base.forward).parameters)
+
+
 class DRModel(nn.Module):
     """Dense-retrieval bi-encoder: backbone -> pooling -> optional linear head -> optional L2 norm.
 
     * T5-family ``T5Model`` backbones: the encoder reads the input, the decoder is fed only its start token,
       and the representation is the decoder's last hidden state at that position (pooling is ignored).
-    * Other backbones (BERT, MiniLM, ``T5EncoderModel`` for ``--encoder_only``): ``first`` token or
-      attention-masked ``mean`` of ``last_hidden_state``.
+    * Other backbones (BERT, MiniLM, ``T5EncoderModel`` for ``--encoder_only``, decoder LLMs such as Llama,
+      Mistral, Qwen2/3): ``first`` token, attention-masked ``mean`` or ``last`` real token of
+      ``last_hidden_state``. With ``last`` the tokenizer appends its EOS token (see
+      :func:`openmatch.modeling.checkpoint.prepare_tokenizer`), positions are counted over real tokens and
+      the pooled token is found from the mask, so left and right padding give the same vector.
+    * ``config.instructions`` (``--query_prefix`` / ``--passage_prefix``): token ids the model itself inserts
+      after the tokenizer's leading special tokens of every text, whoever calls it.
+    * LoRA (``config.lora``): the backbone is a peft model (frozen base plus adapters), see
+      :mod:`openmatch.modeling.lora`.
     * Tied (default): one backbone and head for queries and passages; untied: two copies initialised
       from the same weights.
 
@@ -91,6 +151,11 @@ class DRModel(nn.Module):
         self.embedding_dim = head_q.output_dim if head_q is not None else self.hidden_size
         start = getattr(lm_q.config, "decoder_start_token_id", None)
         self.decoder_start_token_id = int(start if start is not None else (lm_q.config.pad_token_id or 0))
+        # Last-token pooling is the decoder LLMs' path: positions from the mask (left padding) and no key/value
+        # cache (built by default, read by nobody), where the backbone takes them.
+        accepted = _forward_parameters(lm_q) if config.pooling == "last" else set()
+        self._position_ids = "position_ids" in accepted
+        self._no_cache = "use_cache" in accepted
 
     # Submodules: lm_p / head_p resolve to the query side when tied.
     @property
@@ -104,9 +169,20 @@ class DRModel(nn.Module):
     def _backbones(self) -> list[nn.Module]:
         return [self.lm_q] if self.config.tied else [self.lm_q, self._lm_p]
 
+    @property
+    def max_input_length(self) -> Optional[int]:
+        """The longest input (special tokens included) that the backbones' absolute position embeddings cover,
+        or ``None`` when positions are relative (T5) or computed (rotary): then no length is out of range."""
+        limits = [limit for limit in map(_position_limit, self._backbones()) if limit is not None]
+        return min(limits) if limits else None
+
     # ------------------------------------------------------------------ encoding
-    def _encode(self, lm: nn.Module, head: Optional[LinearHead], batch: dict[str, Tensor]) -> Tensor:
+    def _encode(self, lm: nn.Module, head: Optional[LinearHead], batch: dict[str, Tensor], side: str) -> Tensor:
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+        instructions = self.config.instructions
+        instruction = getattr(instructions, f"{side}_ids") if instructions is not None else None
+        if instruction:
+            input_ids, attention_mask = insert_instruction(input_ids, attention_mask, instruction, instructions.offset)
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if self.config.uses_decoder:
             # One decoder step: [B, 1] start tokens, no cache; cross-attention over the encoder output.
@@ -117,7 +193,14 @@ class DRModel(nn.Module):
             reps = out[self.config.feature][:, 0]
         else:
             if "token_type_ids" in batch and not self.config.plm_backbone_type.startswith(("T5", "MT5", "UMT5")):
-                inputs["token_type_ids"] = batch["token_type_ids"]
+                token_type_ids = batch["token_type_ids"]
+                if instruction:  # the instruction belongs to the text's segment (0)
+                    token_type_ids = torch.zeros_like(input_ids)
+                inputs["token_type_ids"] = token_type_ids
+            if self._position_ids:
+                inputs["position_ids"] = position_ids_from_mask(attention_mask)
+            if self._no_cache:
+                inputs["use_cache"] = False
             out = lm(**inputs, return_dict=True)
             hidden = out[self.config.feature]
             if hidden.dim() == 2:  # e.g. pooler_output: already one vector per sequence
@@ -128,8 +211,10 @@ class DRModel(nn.Module):
                 # Summed in float32: a long fp16 sequence's sum can overflow.
                 mask = attention_mask.unsqueeze(-1).float()
                 reps = ((hidden.float() * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)).to(hidden.dtype)
+            elif self.config.pooling == "last":
+                reps = last_token_pool(hidden, attention_mask)
             else:
-                raise ValueError(f"unknown pooling {self.config.pooling!r} (first or mean)")
+                raise ValueError(f"unknown pooling {self.config.pooling!r} (first, mean or last)")
         if head is not None:
             reps = head(reps)
         if self.config.normalize:
@@ -138,11 +223,11 @@ class DRModel(nn.Module):
 
     def encode_query(self, batch: dict[str, Tensor]) -> Tensor:
         """[B, D] query representations from a batch with ``input_ids`` and ``attention_mask``."""
-        return self._encode(self.lm_q, self.head_q, batch)
+        return self._encode(self.lm_q, self.head_q, batch, "query")
 
     def encode_passage(self, batch: dict[str, Tensor]) -> Tensor:
         """[B, D] passage representations from a batch with ``input_ids`` and ``attention_mask``."""
-        return self._encode(self.lm_p, self.head_p, batch)
+        return self._encode(self.lm_p, self.head_p, batch, "passage")
 
     def forward(self, query: Optional[dict] = None, passage: Optional[dict] = None) -> DROutput:
         return DROutput(
@@ -155,13 +240,28 @@ class DRModel(nn.Module):
         """Dot-product scores [Q, P] (no temperature: the ranking does not depend on it)."""
         return q_reps @ p_reps.T
 
+    def fingerprint_items(self) -> Iterator[tuple[str, Tensor]]:
+        """``(name, tensor)`` pairs, sorted by name, that an index fingerprints
+        (``openmatch.retriever.model_fingerprint``): the state dict, with LoRA adapters folded in as merging
+        would, so merged and unmerged copies of a model are the same model to an index."""
+        if any(is_lora(lm) for lm in self._backbones()):
+            from .lora import effective_items
+
+            return effective_items(self)
+        return iter(sorted(self.state_dict().items()))
+
     supports_gradient_checkpointing = True
 
     def activation_checkpointing_enable(
         self, activation_checkpointing_kwargs: Optional[dict] = None, every_n_layers: int = 1, offload: bool = False
     ) -> None:
         """Forwarded to the backbone(s); the Hugging Face Trainer calls it for --gradient_checkpointing."""
+        reentrant = (activation_checkpointing_kwargs or {}).get("use_reentrant", False)
         for lm in self._backbones():
+            if reentrant and is_lora(lm):
+                # Reentrant checkpointing back-propagates only into blocks whose inputs require a gradient; with
+                # the embeddings frozen nothing would reach the adapters inside the blocks.
+                lm.get_base_model().enable_input_require_grads()
             lm.activation_checkpointing_enable(
                 activation_checkpointing_kwargs=activation_checkpointing_kwargs,
                 every_n_layers=every_n_layers,
@@ -199,8 +299,11 @@ class DRModel(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike, **overrides) -> "DRModel":
         """Load a checkpoint folder (ours or OpenMatch's) with its stored settings; a plain HF folder
-        gets the default flags. ``overrides`` are ``ModelArguments`` fields."""
-        return cls.build(ModelArguments(model_name_or_path=str(path), **overrides))
+        gets the default flags. ``overrides`` are ``ModelArguments`` fields (one that contradicts a checkpoint's
+        stored configuration is an error)."""
+        model_args = ModelArguments(model_name_or_path=str(path), **overrides)
+        model_args.given_flags = frozenset(overrides)
+        return cls.build(model_args)
 
     @classmethod
     def build(cls, model_args: ModelArguments) -> "DRModel":

@@ -134,9 +134,10 @@ def build_index(
     if not os.path.exists(corpus_path):
         raise MissingInputError(f"{corpus_path}: no such file (--corpus_path)")
     check_not_empty(corpus_path, options.column_names)
-    from ..dataset.inference_dataset import resolve_template
+    from ..dataset.inference_dataset import check_first_record, resolve_template
 
     template = resolve_template(options.template, "passage")
+    check_first_record(corpus_path, options.column_names, template)  # a template typo, before the folder is touched
     from .encode import pick_device
 
     precision = Precision(pick_device(options.device), options.fp16, options.bf16)

@@ -6,7 +6,9 @@ import contextlib
 import copy
 import hashlib
 import logging
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
@@ -117,19 +119,70 @@ def _converted_copy(model: torch.nn.Module, device: torch.device, dtype: Optiona
     return copy.deepcopy(model, memo)
 
 
-def model_fingerprint(model: torch.nn.Module, sample: int = 4096) -> str:
-    """A cheap hash of a model's weights (names, shapes and the first ``sample`` values of each tensor).
+FINGERPRINT_SCHEME = "sha256"
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A hash of all of a model's weights: ``"sha256:<hex>"`` over each state-dict entry's name, shape and values.
 
     Stored in the index manifest so that retrieve can refuse a query encoder that is not the model the
-    index was built with; computed before any precision cast so that fp16/bf16 runs agree.
+    index was built with. Floating-point values are hashed as float32 (exact for fp16/bf16 weights), so a
+    model agrees with its float32 copy; float32 tensors on the CPU are hashed in place, without a copy. A
+    tensor shared under several names (tied embeddings) is hashed once. Tensors are hashed on several
+    threads (hashlib releases the GIL): SHA-256 runs at about 1.7 GB/s per core, so a BERT-base (110M
+    weights) costs about 0.3 s of CPU time. A model with ``fingerprint_items()`` (``DRModel``) gives the
+    tensors itself, sorted by name: a LoRA model's as merged, so that merging it for speed (``--merge_lora``)
+    does not make it another model.
     """
+    entries, tensors, first_name = [], [], {}
+    for name, tensor in _fingerprint_items(model):
+        tensor = tensor.detach()
+        key = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.dtype,
+               tuple(tensor.shape), tensor.stride())
+        if tensor.numel() and key in first_name:
+            entries.append((name, tensor.shape, first_name[key]))
+            continue
+        first_name[key] = name
+        entries.append((name, tensor.shape, len(tensors)))
+        tensors.append(tensor)
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        digests = list(pool.map(_tensor_digest, tensors))
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, shape, ref in entries:
+        digest.update(name.encode())
+        digest.update(str(tuple(shape)).encode())
+        digest.update(f"=same as {ref}".encode() if isinstance(ref, str) else digests[ref])
+    return f"{FINGERPRINT_SCHEME}:{digest.hexdigest()}"
+
+
+def _fingerprint_items(model: torch.nn.Module):
+    return model.fingerprint_items() if hasattr(model, "fingerprint_items") else sorted(model.state_dict().items())
+
+
+def _tensor_digest(tensor: torch.Tensor) -> bytes:
+    if tensor.is_floating_point() and tensor.dtype != torch.float32:
+        tensor = tensor.float()
+    flat = tensor.to("cpu").contiguous().reshape(-1)
+    return hashlib.sha256(memoryview(flat.numpy()).cast("B")).digest()
+
+
+def _legacy_fingerprint(model: torch.nn.Module, sample: int = 4096) -> str:
+    # What indexes built before the full-weight hash stored: the first ``sample`` values of each tensor.
+    digest = hashlib.sha256()
+    for name, tensor in _fingerprint_items(model):
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
         flat = tensor.detach().reshape(-1)[:sample].to("cpu", torch.float32).numpy()
         digest.update(flat.tobytes())
     return digest.hexdigest()
+
+
+def fingerprint_matches(model: torch.nn.Module, stored: str) -> bool:
+    """Whether ``model`` has the weights an index manifest's fingerprint ``stored`` was computed from (the
+    sampled fingerprint of older indexes is compared the old way)."""
+    if stored.startswith(f"{FINGERPRINT_SCHEME}:"):
+        return model_fingerprint(model) == stored
+    return _legacy_fingerprint(model) == stored
 
 
 def encode_batches(

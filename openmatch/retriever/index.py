@@ -551,7 +551,7 @@ def check_compatible(model, manifest: dict, index_dir: str, allow_mismatch: bool
 
     ``allow_mismatch`` keeps only the dimension check (the configuration and weights may differ).
     """
-    from .encode import model_fingerprint  # torch's side; reading an index needs none of it
+    from .encode import fingerprint_matches  # torch's side; reading an index needs none of it
 
     built = manifest["model"]
     if int(model.embedding_dim) != int(built["dim"]):
@@ -563,7 +563,7 @@ def check_compatible(model, manifest: dict, index_dir: str, allow_mismatch: bool
     if allow_mismatch:
         return
     config = model.config.encoding_json() if hasattr(model.config, "encoding_json") else {}
-    if config != built.get("config", config) or model_fingerprint(model) != built["fingerprint"]:
+    if config != built.get("config", config) or not fingerprint_matches(model, built["fingerprint"]):
         raise InputError(
             f"the query encoder is not the model that built the index in {index_dir} (built with "
             f"{built['path'] or 'another model'}); rebuild the index or pass --allow_model_mismatch"

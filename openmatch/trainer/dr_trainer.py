@@ -9,26 +9,102 @@ trainer's.
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Optional
 
 import torch
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.training_args import ParallelMode
 
 from ..distributed import gather_with_grad
-from ..errors import InputError, UsageError
+from ..errors import InputError, OpenMatchError, ResourceError, UsageError
 from ..modeling import ContrastiveLoss, DRModel, batch_false_negative_mask
-from ..modeling.checkpoint import CONFIG_NAME
+from ..modeling.checkpoint import CONFIG_NAME, TRAINER_ARGS_NAME, load_lora_weights, read_config
 from ..utils import dataclasses_to_dict, write_json_atomic
 from .gradcache import GradCache
 from .retrieval_eval import RetrievalValidation, parse_ks
 
 logger = logging.getLogger(__name__)
 
-ARGS_NAME = "openmatch_args.json"
+ARGS_NAME = TRAINER_ARGS_NAME
+# The stock trainer writes this last into a checkpoint-N folder (after the model, optimizer, scheduler and RNG
+# states): with it and our CONFIG_NAME (the model's last file) a checkpoint is complete.
+TRAINER_STATE_NAME = "trainer_state.json"
+_CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+# errno values of a full disk or an exhausted quota.
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def incomplete_reason(folder: str | os.PathLike) -> Optional[str]:
+    """Why the checkpoint folder ``folder`` is incomplete (e.g. its save was killed), or ``None`` when complete."""
+    folder = Path(folder)
+    if not (folder / CONFIG_NAME).is_file():
+        return f"no {CONFIG_NAME}"
+    state = folder / TRAINER_STATE_NAME
+    if not state.is_file():
+        return f"no {TRAINER_STATE_NAME}"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return f"{TRAINER_STATE_NAME} is cut off"
+    return None
+
+
+def checkpoint_folders(output_dir: str | os.PathLike) -> list[Path]:
+    """The ``checkpoint-N`` folders of a run's output folder, newest (highest N) first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _CHECKPOINT_RE.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found, key=lambda item: item[0], reverse=True)]
+
+
+def latest_complete_checkpoint(output_dir: str | os.PathLike, remove_incomplete: bool = False) -> Optional[Path]:
+    """The newest complete ``checkpoint-N`` of ``output_dir`` (``None`` if there is none).
+
+    Newer folders that are incomplete (a save killed or out of disk space) are skipped with a warning and,
+    with ``remove_incomplete`` (the saving rank) and a complete one to resume from, removed: the resumed run
+    writes them again, and what a killed save left there must not be mixed into the new save.
+    """
+    skipped = []
+    for folder in checkpoint_folders(output_dir):
+        reason = incomplete_reason(folder)
+        if reason is None:
+            for stale, why in skipped:
+                if remove_incomplete:
+                    shutil.rmtree(stale, ignore_errors=True)
+                logger.warning("%s is incomplete (%s; its save was cut off): %s; resuming from %s", stale, why,
+                               "removed it" if remove_incomplete else "skipped", folder.name)
+            return folder
+        skipped.append((folder, reason))
+    return None
+
+
+def save_error(err: OSError, folder: str | os.PathLike) -> BaseException:
+    """The user error for an ``OSError`` raised while saving into ``folder``: a full disk names the file and the
+    folder; another error that names its file is already one (the commands print it as one line)."""
+    if isinstance(err, OpenMatchError) or err.errno not in _NO_SPACE:
+        return err
+    where = err.filename or folder
+    return ResourceError(
+        f"{where}: no space left on device while saving {folder}; free some space, then rerun with "
+        "--resume_from_checkpoint true to continue from the last complete checkpoint"
+    )
+
+
+
+def _raise_save_error(err: OSError, folder) -> None:
+    converted = save_error(err, folder)
+    if converted is err:
+        raise err
+    raise converted from err
 
 
 class DRTrainer(Trainer):
@@ -173,9 +249,28 @@ class DRTrainer(Trainer):
         # The arguments go first: DRModel.save then writes into the (non-empty) folder and marks it complete with
         # openmatch_config.json last, rather than renaming a temporary folder over it, which would race with the
         # other ranks writing their RNG states into the same checkpoint folder.
-        os.makedirs(output_dir, exist_ok=True)
-        write_json_atomic(Path(output_dir) / ARGS_NAME, dataclasses_to_dict(*self.extra_args, self.args))
-        model.save(output_dir, tokenizer=self.tokenizer)
+        try:
+            os.makedirs(output_dir, exist_ok=True)
+            write_json_atomic(Path(output_dir) / ARGS_NAME, dataclasses_to_dict(*self.extra_args, self.args))
+            model.save(output_dir, tokenizer=self.tokenizer)
+        except OSError as err:
+            # CONFIG_NAME was not written, so the folder never looks complete (beside ARGS_NAME, loading it says
+            # the save was cut off).
+            _raise_save_error(err, output_dir)
+
+    def _save_checkpoint(self, model, trial):
+        """The stock checkpoint save; one that fails (a full disk) leaves no partial ``checkpoint-N`` behind."""
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        try:
+            super()._save_checkpoint(model, trial)
+        except BaseException as err:
+            # Whatever the folder held before, it is now half-written: resuming must never pick it.
+            if self.args.should_save:
+                shutil.rmtree(folder, ignore_errors=True)
+                logger.warning("removed the incomplete checkpoint %s", folder)
+            if isinstance(err, OSError):
+                _raise_save_error(err, folder)
+            raise
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         """Load the weights of one of our checkpoints (the stock loader expects a single HF weights file)."""
@@ -183,6 +278,9 @@ class DRTrainer(Trainer):
         if not (path / CONFIG_NAME).exists():
             raise InputError(f"{path}: not a DRTrainer checkpoint (no {CONFIG_NAME}); cannot resume from it")
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        if read_config(path).lora is not None or target.config.lora is not None:
+            load_lora_weights(target, path)  # the adapter only: the frozen base is already in the model
+            return
         loaded = DRModel.load(path)
         missing, unexpected = target.load_state_dict(loaded.state_dict(), strict=False)
         if missing or unexpected:

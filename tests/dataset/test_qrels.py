@@ -7,6 +7,7 @@ import pytest
 from openmatch.dataset import qrels as qrels_module
 from openmatch.dataset.qrels import iter_run, load_qrels, load_ranked_run, load_run, relevant_ids, write_trec_run
 from openmatch.dataset.readers import DataFormatError
+from openmatch.errors import OpenMatchWarning
 
 EXPECTED = {"q1": {"d1": 1, "d2": 0}, "q2": {"d3": 2}}
 
@@ -108,8 +109,31 @@ def test_run_blocks_keep_line_numbers_and_queries(tmp_path, monkeypatch):
     with pytest.raises(DataFormatError, match=f"^{path}:81: "):
         load_run(path)
     path.write_text("".join(lines[:50]) + lines[45])
-    with pytest.raises(DataFormatError, match="'d45' appears twice for query 'q6'"):
+    with pytest.raises(DataFormatError, match=f"^{path}:51: passage 'd45' appears twice for query 'q6' \\(first on line 46\\)$"):
         load_run(path)
+    # Blank lines (which send a block to the line-by-line parser) do not shift the line numbers.
+    path.write_text("".join(lines[:30]) + "\n  \n" + "".join(lines[30:]))
+    assert [hit[0] for hit in qrels_module.iter_run_lines(path)] == list(range(1, 31)) + list(range(33, 103))
+
+
+@pytest.mark.parametrize(
+    "lines, relevance, conflict",
+    [(["q1 0 d1 1", "q2 0 d1 1", "q1 0 d2 0"], 1, ("q1 0 d1 0", "4: query 'q1' passage 'd1' judged 0 here but 1 on line 1")),
+     (["query-id\tcorpus-id\tscore", "q1\td1\t2", "q2\td1\t1"], 2,
+      ("q1\td1\t1", "4: query 'q1' passage 'd1' judged 1 here but 2 on line 2")),
+     (["q1 d1", "q2 d1"], 1, None)],  # two columns: every judgment is 1, so nothing can conflict
+    ids=["4 columns", "BEIR", "2 columns"],
+)
+def test_a_pair_judged_twice_differently_names_both_lines(tmp_path, lines, relevance, conflict):
+    path = tmp_path / "qrels"
+    path.write_text("\n".join(lines + [lines[1] if lines[0].startswith("query-id") else lines[0]]) + "\n")
+    assert load_qrels(path)["q1"]["d1"] == relevance  # the same judgment twice is read once
+    if conflict is None:
+        return
+    path.write_text("\n".join(lines + [conflict[0]]) + "\n")
+    with pytest.raises(DataFormatError) as info:
+        load_qrels(path)
+    assert str(info.value) == f"{path}:{conflict[1]}; keep one of the two lines"
 
 
 def test_run_scores_round_trip_float32_and_keep_the_retrieved_order(tmp_path):
@@ -130,7 +154,9 @@ def test_run_scores_round_trip_float32_and_keep_the_retrieved_order(tmp_path):
         read = np.array([run[qid][pid] for pid, _ in hits]).astype(np.float32)
         assert read.tolist() == [score for _, score in hits], qid  # every float32 score comes back exactly
     assert load_ranked_run(path) == {"q1": ["a", "b", "c"], "q2": ["w", "x", "y", "z"]}
-    assert [pids for _, _, pids in iter_run_groups(path, depth=10)] == [["a", "b", "c"], ["w", "x", "y", "z"]]
+    # -0.0 scores above -2.5e-12, which the list puts before it: build_hn follows the ranks and says so.
+    with pytest.warns(OpenMatchWarning, match="contradicts the scores in 1 queries .*'q2', line 7"):
+        assert [pids for _, _, pids in iter_run_groups(path, depth=10)] == [["a", "b", "c"], ["w", "x", "y", "z"]]
     # Evaluation orders by score: the order written is the order evaluated.
     qrels = {"q1": {"a": 1}, "q2": {"w": 1}}
     assert evaluate(qrels, run, ["mrr"], per_query=True)["mrr"] == {"q1": 1.0, "q2": 1.0}

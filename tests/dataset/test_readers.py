@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import logging
+import warnings
 
 import pytest
 import torch
@@ -18,7 +18,9 @@ from openmatch.dataset.readers import (
     iter_records,
     load_id_records,
 )
+from openmatch.dataset.records import check_not_empty
 from openmatch.dataset.template import Template
+from openmatch.errors import OpenMatchWarning, UsageError
 from openmatch.dataset.tokenization import SpecialTokenLayout, pad_batch
 
 
@@ -132,6 +134,41 @@ def test_count_lines(tmp_path):
         count_lines(tmp_path / "missing.txt")
 
 
+# --- Header lines ------------------------------------------------------------------------------------------
+
+
+def test_a_header_repeating_the_column_names_is_skipped_with_a_warning(tmp_path):
+    path = write(tmp_path / "c.tsv", "ID\tTitle\ttext\n1\ta\tb\n")
+    with pytest.warns(OpenMatchWarning) as caught:
+        read = list(iter_id_records(path, "id,title,text"))
+    assert [(line, rid) for line, rid, _ in read] == [(2, "1")]
+    assert [str(w.message) for w in caught] == [
+        f"{path}:1: skipped a header line (ID, Title, text); the columns are named by id,title,text"
+    ]
+    # The id column may be headed by any usual id name; a first line that only resembles a header is data.
+    for name in ("_id", "qid", "docid", "query-id"):
+        with pytest.warns(OpenMatchWarning, match="skipped a header line"):
+            assert list(load_id_records(write(tmp_path / "q.tsv", f"{name}\ttext\nq1\tx\n"), "id,text")) == ["q1"]
+    assert list(load_id_records(write(tmp_path / "r.tsv", "1\ttitle\ttext\n"), "id,title,text")) == ["1"]
+
+
+def test_column_names_read_from_a_data_line_hint_at_the_flags(tmp_path):
+    path = write(tmp_path / "c.tsv", "d1\tkalo mine\nd2\truka\n")
+    with pytest.raises(DataFormatError) as info:
+        load_id_records(path)
+    assert str(info.value) == (
+        f"{path}:2: no id field (one of _id, id, text_id, sample_id) in ['d1', 'kalo mine'] (line 1 was read as the "
+        "header, naming the columns d1,kalo mine, because no column names were given; a file without a header line "
+        "needs --doc_column_names / --query_column_names, e.g. id,title,text)"
+    )
+    with pytest.raises(DataFormatError, match=r"^.*c\.tsv: no records: the file holds a single line, read as its header \(line 1"):
+        check_not_empty(write(tmp_path / "c.tsv", "d1\tkalo mine\n"))
+    # A real header (it names an id column) gets no hint for a bad line further down.
+    with pytest.raises(DataFormatError) as info:
+        load_id_records(write(tmp_path / "h.tsv", "id\ttext\nd1\ta\nd2\n"))
+    assert str(info.value) == f"{tmp_path / 'h.tsv'}:3: expected 2 tab-separated columns (id,text), found 1"
+
+
 # --- Templates -------------------------------------------------------------------------------------------
 
 
@@ -148,16 +185,43 @@ def test_template_markers_and_dotted_names():
         Template("")
 
 
-def test_template_missing_field_empty_and_warned_once(caplog):
+def test_template_missing_or_null_field_empty_and_warned_once():
     template = Template("Title: <title> Text: <text> <meta.year>")
-    with caplog.at_level(logging.WARNING, logger="openmatch.dataset.template"):
-        rows = [template.fill({"text": f"t{i}", "meta": {}}) for i in range(50)]
-        rows.append(template.fill({"text": "x", "title": None, "meta": {"year": 2001}}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = [template.fill({"text": f"t{i}", "meta": {}}, "c.jsonl", i + 1) for i in range(50)]
+        rows.append(template.fill({"text": "x", "title": None, "meta": {"year": 2001}}, "c.jsonl", 51))
+        rows.append(template.fill({"text": "y", "title": None, "meta": {"year": 2002}}, "c.jsonl", 52))
     assert rows[0] == "Title:  Text: t0"
-    assert rows[-1] == "Title:  Text: x 2001"
-    messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == 2  # one per missing field, not one per row
-    assert any("'title'" in m for m in messages) and any("'meta.year'" in m for m in messages)
+    assert rows[-2] == "Title:  Text: x 2001"
+    messages = [str(w.message) for w in caught if issubclass(w.category, OpenMatchWarning)]
+    # One per missing field and one for the null title, not one per row; each names the first record.
+    assert sorted(messages) == [
+        "c.jsonl:1: field 'meta.year' missing from a record; using an empty string (reported once)",
+        "c.jsonl:1: field 'title' missing from a record; using an empty string (reported once)",
+        "c.jsonl:51: field 'title' is null; using an empty string (reported once)",
+    ]
+
+
+@pytest.mark.parametrize("value, kind", [([1, 2], "list"), ({"a": "b"}, "JSON object"), (True, "boolean")])
+def test_template_refuses_a_field_that_is_not_text(value, kind):
+    with pytest.raises(DataFormatError) as info:
+        Template("<title> <text>").fill({"title": "t", "text": value}, "c.jsonl", 7)
+    assert str(info.value) == (
+        f"c.jsonl:7: field 'text' is a {kind}, not text: a template field must be a string or a number"
+    )
+
+
+def test_template_requires_its_fields_in_a_first_record():
+    template = Template("Title: <tilte> Text: <text> <meta.year>")
+    assert template.missing_fields({"title": "a", "text": "b", "meta": {"year": 1}}) == ["tilte"]
+    with pytest.raises(UsageError) as info:
+        template.require_fields({"id": "1", "title": "a", "text": "b"}, "c.jsonl", 1, "--doc_template")
+    assert str(info.value) == (
+        "--doc_template 'Title: <tilte> Text: <text> <meta.year>': no field <tilte>, <meta.year> in the first record "
+        "of c.jsonl (line 1), whose fields are id, text, title"
+    )
+    Template("<text>").require_fields({"id": "1", "text": None}, "c.jsonl", 1)  # null is a value, not a typo
 
 
 # --- Special tokens and padding ---------------------------------------------------------------------------

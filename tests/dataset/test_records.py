@@ -222,3 +222,45 @@ def test_real_msmarco_and_scifact_marco_ids_pass_the_rule(shared_data):
         texts = load_texts(marco / name, QUERY_COLUMNS, Template("<text>"))
         assert all(texts.values())
     assert len(load_texts(marco / "para.txt", "id,text", Template("<text>"))) == 5183
+
+
+def comparable(reader: Reader, result, scratch: Path):
+    """What a reader made of a file, in a form two reads can be compared by: an index by its ids, encoded
+    queries by ids and embeddings, the rest as read."""
+    if isinstance(result, dict) and "total" in result:
+        folder = scratch / "index"
+        return [line for name in sorted(p.name for p in folder.glob("ids.*")) for line in (folder / name).read_text().splitlines()]
+    if isinstance(result, tuple):
+        return result[0], result[1].round(5).tolist()
+    return result
+
+
+@ids(READERS)
+def test_a_byte_order_mark_is_dropped_by_every_reader(reader, model_tok, tmp_path):
+    lines = [(reader.line(rid) + "\n").encode() for rid in ("k1", "k22")]
+    plain = comparable(reader, reader.read(write(tmp_path / "plain", reader, lines), model_tok, tmp_path / "a"), tmp_path / "a")
+    marked = write(tmp_path / "marked", reader, [b"\xef\xbb\xbf" + lines[0], lines[1]])
+    assert comparable(reader, reader.read(marked, model_tok, tmp_path / "b"), tmp_path / "b") == plain
+
+
+@ids([r for r in READERS if r.read is not training_read])  # training files are read by offset: never gzip
+def test_a_truncated_gzip_is_named_by_every_reader(reader, model_tok, tmp_path):
+    import gzip
+
+    lines = [reader.line(f"k{i}") + "\n" for i in range(400)]
+    data = gzip.compress("".join(lines).encode())
+    path = tmp_path / "data" / (reader.filename + ".gz")
+    path.parent.mkdir()
+    path.write_bytes(data[: len(data) // 2])
+    error = error_of(reader, path, model_tok, tmp_path)
+    assert error is not None and error.startswith(f"{path}:") and ": truncated or corrupt gzip (" in error
+    line = int(error[len(f"{path}:"):].split(":")[0])
+    # The line the data ends in: every line before it was read.
+    with gzip.open(path, "rb") as handle:
+        read = b""
+        try:
+            while chunk := handle.read1(1 << 16):
+                read += chunk
+        except EOFError:
+            pass
+    assert line == read.count(b"\n") + 1

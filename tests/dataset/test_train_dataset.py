@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from openmatch.dataset.readers import DataFormatError
-from openmatch.dataset.train_dataset import TrainCollator, TrainDataset, resolve_train_files
+from openmatch.dataset.train_dataset import TrainCollator, TrainDataset, resolve_train_files, scan_training_file
 
 
 class FakeLayout:
@@ -181,3 +181,66 @@ def test_bad_lines_name_file_and_line(tmp_path, bad, message):
 def test_empty_file_is_an_error(tmp_path):
     with pytest.raises(DataFormatError, match=r"train\.jsonl: no records: the file is empty$"):
         make(tmp_path, [""])
+
+
+# --- checking every line before training ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ('{"query": [1, 2], "positives": [], "negatives": [[3]]}',
+         'no positive passages ("positives" is missing or empty)'),
+        ('{"query": [], "positives": [[4]], "negatives": [[3]]}', '"query" must be a non-empty list of token ids'),
+        ('{"query": [1], "positives": [[4]], "negatives": [[3], []]}', '"negatives"[1] must be a non-empty list of token ids'),
+        ('{"query": [1], "positives": [[4, true]], "negatives": [[3]]}', '"positives"[0] must hold non-negative integer token ids'),
+        ('{"query": [1], "positives": [[4]], "negatives": [[3, 2.0]]}', '"negatives"[0] must hold non-negative integer token ids'),
+        ('{"query": [1], "positives": [[4]], "negatives": [[-3]]}', '"negatives"[0] must hold non-negative integer token ids'),
+        ('{"query": [1], "positives": [[4]], "negatives": {"a": [3]}}', '"negatives" must be a list of token-id lists'),
+        ('{"query": [1], "positives": [[4]], "negatives": [[3, 5000]]}',
+         '"negatives"[0] holds token id 5000, beyond the vocabulary of 4096 tokens (was the file tokenised with another tokenizer?)'),
+        ('{"query": [1], "positives": [[4]], "negatives": []}', "no negatives, but --train_n_passages 2 needs 1"),
+        ('{"query": [1, 2], "positives": [[4]]', "invalid JSON: Expecting ',' delimiter"),
+        # Each of these gets past some of the quick checks of a line: the thorough ones word it.
+        ('{"query": ["1"], "positives": [["4"]], "negatives": [["3"]]}', '"query" must hold non-negative integer token ids'),
+        ('{"query": [1], "positives": [[4]], "negatives": [[3e2]]}', '"negatives"[0] must hold non-negative integer token ids'),
+        ('{"query": [1], "positives": [[[4]]], "negatives": [[3]]}', '"positives"[0] must hold non-negative integer token ids'),
+        ('{"query": [1], "positives": [[{"4": 4}]], "negatives": [[3]]}', '"positives"[0] must hold non-negative integer token ids'),
+        ('{"query": [1], "positives": [[4, null]], "negatives": [[3]]}', '"positives"[0] must hold non-negative integer token ids'),
+        ('{"query": [1], "positives": {"a": [4]}, "negatives": [[3]]}', 'no positive passages ("positives" is missing or empty)'),
+    ],
+)
+def test_every_line_is_checked_before_training(tmp_path, bad, message):
+    path = write_jsonl(tmp_path / "train.jsonl", [example(i) for i in range(5)] + ["", bad, example(9)])
+    with pytest.raises(DataFormatError) as scanned:
+        scan_training_file(path, vocab_size=4096, train_n_passages=2)
+    assert str(scanned.value) == f"{path}:7: {message}"
+    # The dataset checks while it indexes (as train_dr's from_args asks), in the same words.
+    with pytest.raises(DataFormatError) as indexed:
+        TrainDataset([str(path)], layout=FakeLayout(), train_n_passages=2, check_lines=True, vocab_size=4096)
+    assert str(indexed.value) == str(scanned.value)
+
+
+def test_a_good_file_passes_the_check(tmp_path):
+    path = write_jsonl(tmp_path / "train.jsonl", [example(i) for i in range(5)] + ["  "])
+    assert scan_training_file(path, vocab_size=4096, train_n_passages=2) == 5
+    assert scan_training_file(path) == 5  # no vocabulary: types and emptiness only
+    with pytest.raises(DataFormatError, match="beyond the vocabulary of 3000 tokens"):
+        scan_training_file(path, vocab_size=3000)
+
+
+def test_a_byte_order_mark_is_skipped(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(json.dumps(example(i)) for i in range(3)).encode() + b"\n")
+    ds = TrainDataset([str(path)], layout=FakeLayout(), train_n_passages=2, check_lines=True)
+    assert [ds.raw(i) for i in range(3)] == [example(i) for i in range(3)]
+
+
+def test_a_bad_line_read_in_a_loader_worker_is_raised_as_itself(tmp_path):
+    ds = make(tmp_path, [example(0), example(1), '{"query": [1], "positives": [[]]}', example(3)], train_n_passages=2)
+    loader = DataLoader(ds, batch_size=2, num_workers=1, collate_fn=TrainCollator(0))
+    with pytest.raises(DataFormatError) as info:
+        list(loader)
+    assert type(info.value) is DataFormatError
+    assert str(info.value) == f"{tmp_path / 'train.jsonl'}:3: \"positives\"[0] must be a non-empty list of token ids"
+    assert (info.value.path, info.value.line) == (str(tmp_path / "train.jsonl"), 3)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 from transformers import AutoTokenizer, BertModel, T5Model
 
 from openmatch.arguments import ModelArguments, parse_args
+from openmatch.errors import UsageError
 from openmatch.modeling import ContrastiveLoss, DRModel, DROutput, load_model_and_tokenizer
 
 TEXTS = ["kalo mine ruka saka tivo zepa", "quodo fegi", "hoju kalo"]
@@ -393,13 +393,46 @@ def test_interrupted_head_save_never_looks_complete(tiny_bert, tmp_path, monkeyp
     assert OpenMatchLinearHead.load(tmp_path / "run").linear.weight.shape == (8, 32)
 
 
-def test_conflicting_flags_warn_once(tiny_bert, tmp_path, caplog):
+def test_flags_contradicting_a_checkpoint_are_one_error(tiny_bert, tmp_path):
     build(tiny_bert, pooling="mean").save(tmp_path / "ckpt")
-    with caplog.at_level(logging.WARNING, logger="openmatch.modeling.checkpoint"):
-        model = build(tmp_path / "ckpt", untie_encoder=True, normalize=True)
-    assert model.config.tied and not model.config.normalize and model.config.pooling == "mean"
-    warnings = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]
-    assert len(warnings) == 1 and "--untie_encoder" in warnings[0] and "--normalize" in warnings[0]
+    # Without a record of the given flags, those away from their defaults are compared.
+    with pytest.raises(UsageError) as err:
+        build(tmp_path / "ckpt", untie_encoder=True, normalize=True)
+    message = str(err.value)
+    assert "--untie_encoder True contradicts the checkpoint's untie_encoder False" in message
+    assert "--normalize True contradicts the checkpoint's normalize False" in message
+    assert "openmatch_config.json" in message
+    # A flag given on purpose counts at its default value too; one that agrees is fine.
+    with pytest.raises(UsageError, match="--pooling first contradicts the checkpoint's pooling mean"):
+        DRModel.load(tmp_path / "ckpt", pooling="first")
+    (model_args,) = parse_args((ModelArguments,), ["--model_name_or_path", str(tmp_path / "ckpt"), "--pooling", "first"])
+    with pytest.raises(UsageError, match="--pooling first"):
+        DRModel.build(model_args)
+    assert DRModel.load(tmp_path / "ckpt", pooling="mean", normalize=False).config.pooling == "mean"
+    # The loss temperature is a training setting: the flag replaces the stored value.
+    assert DRModel.load(tmp_path / "ckpt", temperature=0.05).config.temperature == 0.05
+
+
+def test_max_input_length_follows_the_position_table(tiny_bert, tiny_t5, tmp_path):
+    from transformers import RobertaConfig, RobertaModel
+
+    from openmatch.modeling.checkpoint import check_max_len
+
+    assert build(tiny_bert).max_input_length == 256  # max_position_embeddings of the tiny BERT
+    assert build(tiny_t5).max_input_length is None  # relative positions
+    # RoBERTa's positions start after the padding index: 66 rows cover 64 tokens.
+    config = RobertaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=32, max_position_embeddings=66, pad_token_id=1)
+    RobertaModel(config).save_pretrained(tmp_path / "roberta")
+    roberta = build(tmp_path / "roberta")
+    assert roberta.max_input_length == 64
+    check_max_len(roberta, p_max_len=64)
+    with pytest.raises(UsageError, match="--q_max_len 65 is above the 64 input positions"):
+        check_max_len(roberta, p_max_len=8, q_max_len=65)
+    batch = {"input_ids": torch.full((1, 64), 5), "attention_mask": torch.ones(1, 64, dtype=torch.long)}
+    roberta.encode_query(batch)  # the limit is really usable
+    with pytest.raises((IndexError, RuntimeError)):  # and one more token is not
+        roberta.encode_query({k: torch.cat([v, v[:, :1]], dim=1) for k, v in batch.items()})
 
 
 def test_save_into_existing_folder_and_interrupted_save(tiny_bert, tmp_path):
@@ -497,6 +530,31 @@ def test_missing_files_are_clear_errors(tiny_bert, tmp_path):
     (tmp_path / "bad" / "openmatch_config.json").write_text('{"tied": true}')
     with pytest.raises(ValueError, match="openmatch_config.json: missing key"):
         build(tmp_path / "bad")
+
+
+def test_damaged_sharded_weights_and_cut_off_saves_are_clear_errors(tiny_bert, tmp_path):
+    from openmatch.errors import InputError, MissingInputError
+
+    sharded = tmp_path / "sharded"
+    BertModel.from_pretrained(str(tiny_bert)).save_pretrained(sharded, max_shard_size="100KB")
+    shards = sorted(sharded.glob("model-*.safetensors"))
+    assert len(shards) > 1 and (sharded / "model.safetensors.index.json").exists()
+    assert build(sharded).max_input_length == 256  # intact, it loads
+    with open(shards[-1], "r+b") as handle:
+        handle.truncate(shards[-1].stat().st_size - 10)
+    with pytest.raises(InputError, match=f"{shards[-1].name}: truncated or corrupt safetensors file"):
+        build(sharded)
+    shards[-1].unlink()
+    with pytest.raises(MissingInputError, match=f"{shards[-1].name}: weights shard listed in model.safetensors.index"):
+        build(sharded)
+
+    # The trainer writes openmatch_args.json first and openmatch_config.json last: a save cut off in between
+    # must not load as a plain Hugging Face model with default flags.
+    build(tiny_bert, pooling="mean").save(tmp_path / "run")
+    (tmp_path / "run" / "openmatch_args.json").write_text("{}")
+    (tmp_path / "run" / "openmatch_config.json").unlink()
+    with pytest.raises(InputError, match="run: incomplete checkpoint: it has openmatch_args.json but not openmatch_conf"):
+        build(tmp_path / "run")
 
 
 def test_tokenizer_without_pad_token(tiny_bert, tmp_path):

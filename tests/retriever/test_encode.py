@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -274,3 +275,40 @@ def test_fp16_on_cpu_is_float32_with_one_warning(model_tok):
         fp16 = api.encode(model, tok, ENCODE_TEXTS, max_len=16, fp16=True)
     assert len([w for w in caught if "fp16" in str(w.message)]) == 1
     np.testing.assert_array_equal(fp16, fp32)
+
+
+def test_fingerprint_covers_every_weight():
+    from openmatch.retriever.encode import _legacy_fingerprint, fingerprint_matches, model_fingerprint
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(1000, 16), torch.nn.Linear(16, 16))
+    other = torch.nn.Sequential(torch.nn.Embedding(1000, 16), torch.nn.Linear(16, 16))
+    other.load_state_dict(model.state_dict())
+    assert model_fingerprint(other) == model_fingerprint(model)
+    with torch.no_grad():
+        other[0].weight[-1, -1] += 1e-3  # value 15,999 of 16,000: past any sample of the first values
+    assert model_fingerprint(other) != model_fingerprint(model)
+    assert not fingerprint_matches(other, model_fingerprint(model))
+    # Indexes built before the full hash stored a sampled one: still compared, the old way.
+    assert fingerprint_matches(model, _legacy_fingerprint(model))
+    assert fingerprint_matches(other, _legacy_fingerprint(model)), "the old sample could not see that change"
+    # Weights exact in bfloat16 hash alike in either dtype (the hash sees values, not the storage type).
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
+    assert model_fingerprint(copy.deepcopy(model).to(torch.bfloat16)) == model_fingerprint(model)
+
+
+def test_fingerprint_hashes_a_tied_tensor_once():
+    from openmatch.retriever.encode import model_fingerprint
+
+    tied = torch.nn.Module()
+    tied.a = torch.nn.Linear(8, 8, bias=False)
+    tied.b = torch.nn.Linear(8, 8, bias=False)
+    tied.b.weight = tied.a.weight
+    untied = torch.nn.Module()
+    untied.a, untied.b = torch.nn.Linear(8, 8, bias=False), torch.nn.Linear(8, 8, bias=False)
+    untied.load_state_dict(tied.state_dict())
+    # Same values, but one is a shared tensor: they are different models to load, so they differ.
+    assert model_fingerprint(tied) != model_fingerprint(untied)
+    assert model_fingerprint(tied) == model_fingerprint(tied)

@@ -254,6 +254,52 @@ def test_refuses_to_train_over_a_previous_run(tmp_path, tiny_bert, bert_task, ca
     assert "needs a distributed launch" in capsys.readouterr().err
 
 
+def test_latest_complete_checkpoint_skips_and_removes_cut_off_saves(tmp_path, caplog):
+    from openmatch.trainer.dr_trainer import incomplete_reason, latest_complete_checkpoint
+
+    def checkpoint(step, files):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        for name, text in files.items():
+            (folder / name).write_text(text)
+        return folder
+
+    complete = {"openmatch_config.json": "{}", "trainer_state.json": '{"global_step": 1}'}
+    checkpoint(2, complete)
+    good = checkpoint(10, complete)  # numeric order: checkpoint-10 is newer than checkpoint-9
+    checkpoint(9, complete)
+    no_state = checkpoint(12, {"openmatch_config.json": "{}", "optimizer.pt": ""})
+    cut_state = checkpoint(11, {"openmatch_config.json": "{}", "trainer_state.json": '{"global_st'})
+    no_model = checkpoint(13, {"trainer_state.json": "{}", ".model.safetensors.ab12.tmp": ""})
+    (tmp_path / "checkpoint-14.txt").write_text("")  # not a checkpoint folder
+    assert incomplete_reason(no_state) == "no trainer_state.json"
+    assert incomplete_reason(cut_state) == "trainer_state.json is cut off"
+    assert incomplete_reason(no_model) == "no openmatch_config.json"
+    assert incomplete_reason(good) is None
+
+    assert latest_complete_checkpoint(tmp_path) == good
+    assert no_state.exists() and cut_state.exists() and no_model.exists()  # only the saving rank removes
+    with caplog.at_level("WARNING", logger="openmatch.trainer.dr_trainer"):
+        assert latest_complete_checkpoint(tmp_path, remove_incomplete=True) == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-14.txt", "checkpoint-2",
+                                                          "checkpoint-9"]
+    assert "checkpoint-13 is incomplete (no openmatch_config.json" in caplog.text
+    assert latest_complete_checkpoint(tmp_path / "nowhere") is None
+
+
+def test_save_errors_become_one_line_for_a_full_disk(tmp_path):
+    import errno
+
+    from openmatch.errors import ResourceError
+    from openmatch.trainer.dr_trainer import save_error
+
+    full = save_error(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.pt")), tmp_path)
+    assert isinstance(full, ResourceError)
+    assert str(full).startswith(f"{tmp_path / 'x.pt'}: no space left on device while saving {tmp_path}")
+    other = OSError(errno.EIO, "Input/output error")
+    assert save_error(other, tmp_path) is other  # not the user's to fix: keeps its traceback
+
+
 def read_scalars(logdir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
