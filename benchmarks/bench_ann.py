@@ -140,7 +140,7 @@ def recall(found, truth) -> float:
                           for f, t in zip(found, truth)]))
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=384)
@@ -154,7 +154,11 @@ def main() -> None:
     parser.add_argument("--folder", help="where to write the index (default: a temporary folder, removed after)")
     parser.add_argument("--json", help="write the numbers here")
     parser.add_argument("--phase", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.phase:
         print("RESULT " + json.dumps(phase(args.folder, args.depth, json.loads(args.phase))))
         return
