@@ -29,6 +29,7 @@ from .dataset.records import check_unique, no_records
 from .dataset.tokenization import length_sorted_batches
 from .errors import InputError, UsageError
 from .retriever.builder import build_index  # noqa: F401  (the one build_index, for notebooks too)
+from .retriever.ann import check_factory
 from .retriever.encode import Precision, encode_batches, pick_device
 from .retriever.index import EmbeddingIndex, check_compatible
 from .retriever.search import QUERY_ENCODING_FIELDS, SearchOptions, check_search_resources, search_index
@@ -137,7 +138,9 @@ def search(
     """``{qid: [(pid, score), ...]}`` best first (see :class:`openmatch.retriever.SearchOptions`).
 
     The embeddings are taken as they are: only their dimension is checked against the index. To have the
-    query encoder checked against the index's model, let :func:`retrieve` encode the queries.
+    query encoder checked against the index's model, let :func:`retrieve` encode the queries. An approximate
+    ``faiss_index`` is trained once and saved in the index folder (reused while it matches the folder);
+    ``check_recall=N`` puts its recall against exact search on N sampled queries in the result's ``recall``.
     """
     encoding = sorted(set(options) & set(QUERY_ENCODING_FIELDS))
     if encoding:
@@ -160,7 +163,10 @@ def retrieve(
     and for the queries ``max_len``, ``template``, ``column_names``, ``batch_size``, ``fp16``, ``bf16``, ...), or
     ``options=`` a whole ``SearchOptions`` (as ``SearchOptions.from_args`` makes from the command's flags).
     ``model`` must be the model the index was built with (dimension, configuration and weights, from the
-    manifest); ``allow_model_mismatch=True`` checks the dimension only.
+    manifest); ``allow_model_mismatch=True`` checks the dimension only. The result is a dict whose ``recall``
+    holds the ``check_recall`` report (else None). With ``distributed=True`` (``SearchOptions.from_args`` sets
+    it under a launcher) every rank of the process group calls it and gets the whole result, each having
+    searched its share of the index.
     """
     if options is None:
         options = SearchOptions(**fields)
@@ -169,6 +175,7 @@ def retrieve(
     check_search_resources(options)  # before the queries are encoded
     index = index_dir if isinstance(index_dir, EmbeddingIndex) else EmbeddingIndex(index_dir)
     check_compatible(model, index.manifest, index.index_dir, options.allow_model_mismatch)
+    check_factory(options.faiss_index, index.dim)  # before the queries are encoded
     qids, q_reps = encode_file(
         model,
         tokenizer,

@@ -272,6 +272,13 @@ class SearchArguments:
     faiss_ef_search: int = field(default=128, metadata={"help": "HNSW efSearch (approximate search)"})
     faiss_train_sample: int = field(default=262_144, metadata={"help": "vectors sampled to train an approximate index"})
     search_batch_size: int = field(default=8192, metadata={"help": "queries per faiss call"})
+    check_recall: int = field(
+        default=0,
+        metadata={
+            "help": "with an approximate --faiss_index: its recall@retrieve_depth against exact search on this many "
+            "sampled queries, logged and written to <trec_save_path>.recall.json (0: off)"
+        },
+    )
     allow_model_mismatch: bool = field(
         default=False, metadata={"help": "search even if the query encoder's weights differ from the index's model"}
     )

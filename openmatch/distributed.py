@@ -1,10 +1,12 @@
-"""torch.distributed helpers: this process's rank, joining and leaving a launcher's process group, and the
-all-gather that keeps the local slice's gradient (for --negatives_x_device and the in-training evaluation)."""
+"""torch.distributed helpers: this process's rank, joining and leaving a launcher's process group, the
+all-gather that keeps the local slice's gradient (for --negatives_x_device and the in-training evaluation),
+and the exchange of numpy arrays between ranks (distributed search)."""
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -21,6 +23,12 @@ def dist_context() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def in_process_group() -> bool:
+    """Whether this process has joined a torch.distributed process group (``dist_context`` may still read
+    a launcher's environment when it has not)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def raise_unless_all_ok(error: BaseException | None, other_rank_failed: str) -> None:
     """Agree across ranks on success; re-raise this rank's error, or report another rank's failure."""
     if not all_ok(error is None):
@@ -29,11 +37,16 @@ def raise_unless_all_ok(error: BaseException | None, other_rank_failed: str) -> 
         raise RuntimeError(other_rank_failed)
 
 
+def _collective_device() -> torch.device:
+    """Where tensors must be for the group's backend: this process's GPU under NCCL, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def all_ok(ok: bool) -> bool:
     """Whether every rank succeeded (True when not distributed); lets the others stop instead of hanging."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return ok
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    device = _collective_device()
     flag = torch.tensor([1 if ok else 0], device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
@@ -95,3 +108,29 @@ def gather_with_grad(t: Tensor) -> Tensor:
     gathered = [g[:r] for g, r in zip(gathered, rows)]
     gathered[rank] = t
     return torch.cat(gathered, dim=0)
+
+
+def broadcast_array(array: np.ndarray, src: int = 0) -> np.ndarray:
+    """Rank ``src``'s ``array`` on every rank (each passes an array of the same shape and dtype, which is
+    checked); the array itself when not distributed."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return array
+    device = _collective_device()
+    shape = torch.tensor(list(array.shape), dtype=torch.long, device=device)
+    shapes = [torch.zeros_like(shape) for _ in range(dist.get_world_size())]
+    dist.all_gather(shapes, shape)
+    if any(not torch.equal(s, shapes[src]) for s in shapes):
+        raise RuntimeError(f"broadcast_array: the ranks hold arrays of different shapes {[s.tolist() for s in shapes]}")
+    tensor = torch.from_numpy(np.array(array, order="C")).to(device)  # a copy: the caller's array stays as it was
+    dist.broadcast(tensor, src=src)
+    return tensor.cpu().numpy()
+
+
+def all_gather_arrays(array: np.ndarray) -> list[np.ndarray]:
+    """Every rank's ``array``, in rank order (all of the same shape and dtype); ``[array]`` when not distributed."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [array]
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).to(_collective_device())
+    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, tensor)
+    return [t.cpu().numpy() for t in gathered]

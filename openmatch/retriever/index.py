@@ -20,6 +20,9 @@ Layout of ``output_dir`` (all JSON, text and ``.npy``; no pickle, because loadin
 - ``verified.json``: which files search found intact (:func:`verify_index`), keyed to their size, mtime,
   ctime and inode, so that the next search does not hash them again; kept in the user's cache folder when
   the index folder is read-only.
+- ``ann.<name>.faiss`` and ``ann.<name>.json``: a trained approximate (faiss) index and what it was built
+  from, written by search (:mod:`openmatch.retriever.ann`); part of the index (``--overwrite_output_dir``
+  removes them with the rest).
 
 Rank ``r`` owns the corpus lines ``g`` with ``g % world_size == r``; its ``j``-th line (``j = g //
 world_size``) goes to shard ``j // shard_size`` where ``shard_size = max_inmem_docs // world_size``.
@@ -55,8 +58,11 @@ VERIFIED_FORMAT = "openmatch-verified-v1"
 REPAIR_HINT = "rerun build_index with the same arguments to repair it"
 _OUR_FILES = re.compile(r"^(embeddings|ids|shard)\.rank\d+\.shard\d+\.(npy|txt|json)$")
 _OUR_TEMP = re.compile(
-    r"^\.((embeddings|ids|shard)\.rank\d+\.shard\d+\.(npy|txt|json)|build\.json|manifest\.json|verified\.json)\..*\.tmp$"
+    r"^\.((embeddings|ids|shard)\.rank\d+\.shard\d+\.(npy|txt|json)|build\.json|manifest\.json|verified\.json"
+    r"|ann\.[^/]+\.(faiss|json))\..*\.tmp$"
 )
+# Saved approximate indexes (openmatch.retriever.ann): derived from the shards, so they go with them.
+_ANN_FILES = re.compile(r"^ann\.[^/]+\.(faiss|json)$")
 _OPENMATCH_PICKLES = re.compile(r"^embeddings\.(corpus|query)\.rank\.\d+")
 
 
@@ -152,6 +158,7 @@ def index_files(output_dir: str) -> list[str]:
         if (
             name in (BUILD_FILE, MANIFEST_FILE, VERIFIED_FILE)
             or _OUR_FILES.match(name)
+            or _ANN_FILES.match(name)
             or _OUR_TEMP.match(name)
             or _OPENMATCH_PICKLES.match(name)
         ):
@@ -582,14 +589,17 @@ class EmbeddingIndex:
             raise IndexFolderError(f"{path}: shape {array.shape} does not match the manifest ({shard['count']}, {self.dim})")
         return array
 
-    def iter_blocks(self, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
-        """``(global_offset, float32 block)`` over the whole corpus: rows ``[i·block_rows, (i+1)·block_rows)``.
+    def iter_blocks(self, block_rows: int, first: int = 0, last: Optional[int] = None) -> Iterator[tuple[int, np.ndarray]]:
+        """``(global_offset, float32 block)`` over rows ``[first, last)`` (default: the whole corpus), in blocks
+        ``[first + i·block_rows, first + (i+1)·block_rows)``.
 
-        Blocks run across shard boundaries, so which rows share a block does not depend on the sharding.
+        Blocks run across shard boundaries, so which rows share a block does not depend on the sharding; only
+        the shards holding rows of the range are opened.
         """
+        last = self.total if last is None else min(last, self.total)
         arrays: dict[int, np.ndarray] = {}
-        for start in range(0, self.total, block_rows):
-            stop = min(start + block_rows, self.total)
+        for start in range(first, last, block_rows):
+            stop = min(start + block_rows, last)
             block = np.empty((stop - start, self.dim), dtype=np.float32)
             for number, (shard, offset) in enumerate(zip(self.shards, self.offsets)):
                 lo, hi = max(start, int(offset)), min(stop, int(offset) + shard["count"])

@@ -20,9 +20,19 @@ of passages plus ``n_queries × k`` results. The result does not depend on the b
   tiles from the end, with the same query tiles so with the same scores (checked). With ``--use_gpu`` this
   step is skipped and GPU faiss's choice stands for such groups.
 
-Any other factory string (``IVF4096,Flat``, ``HNSW32``, ``IVF256,PQ16`` …) builds one approximate index:
-trained on a deterministic sample of the corpus (an IVF's list count is lowered, with a warning, when
-the corpus is too small to train it), filled block by block, then searched in query batches.
+Any other factory string (``IVF4096,Flat``, ``HNSW32``, ``IVF256,PQ16`` …) is an approximate index: trained
+on a deterministic sample of the corpus (an IVF's list count is lowered, with a warning, when the corpus is
+too small to train it) and filled block by block the first time, saved in the index folder and reused by
+later searches while it matches the folder (:mod:`openmatch.retriever.ann`), then searched in query batches.
+``check_recall`` measures its recall@k against exact search on a sample of the queries (:func:`measure_recall`).
+
+**Across processes** (``distributed``: every rank of a torch.distributed group calls the search): the rows are
+split into one contiguous range per rank, cut at multiples of faiss's 1024-row tile (:func:`rank_rows`), so
+every row is scored in the same tile as in one process. Every rank searches rank 0's query embeddings
+(broadcast) over its range (exact, or its own saved approximate index of that range); the ranks' top-k lists
+(scores and global rows) are all-gathered and merged in the order above, so the exact result is the one
+process's, bit for bit, when each process runs faiss with as many threads (``OMP_NUM_THREADS``; BLAS rounds
+differently with another thread count).
 
 faiss reports fewer than ``k`` hits with index ``-1``; such slots are dropped, never mapped to a passage.
 """
@@ -31,13 +41,14 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 import numpy as np
 
+from ..distributed import all_gather_arrays, broadcast_array, dist_context, in_process_group, raise_unless_all_ok
 from ..errors import InputError, ResourceError, UsageError
+from .ann import adjust_nlist, is_exact, open_ann_index  # noqa: F401  (adjust_nlist: part of this module's API)
 from .encode import device_from_args
 from .faiss_loader import import_faiss
 from .index import EmbeddingIndex
@@ -84,6 +95,19 @@ class SearchOptions:
     fp16: bool = False
     bf16: bool = False
     allow_model_mismatch: bool = False
+    # Approximate search only: recall@depth against exact search on this many sampled queries (0: off).
+    check_recall: int = 0
+    # Every rank of the torch.distributed group searches its share of the rows (set by retrieve under a launcher).
+    distributed: bool = False
+
+    def __post_init__(self):
+        if self.check_recall < 0:
+            raise UsageError(f"--check_recall must be 0 (off) or a number of queries, got {self.check_recall}")
+        if self.check_recall and is_exact(self.faiss_index):
+            raise UsageError(
+                f"--check_recall compares an approximate --faiss_index with exact search; --faiss_index "
+                f"{self.faiss_index!r} is exact already"
+            )
 
     @classmethod
     def from_args(cls, data_args, infer_args, search_args) -> "SearchOptions":
@@ -106,6 +130,8 @@ class SearchOptions:
             fp16=infer_args.fp16,
             bf16=infer_args.bf16,
             allow_model_mismatch=search_args.allow_model_mismatch,
+            check_recall=search_args.check_recall,
+            distributed=in_process_group() and dist_context()[1] > 1,
         )
 
 
@@ -127,12 +153,27 @@ def _gpu_list(faiss, starting_gpu: int) -> list[int]:
     return list(range(starting_gpu, count))
 
 
+def search_gpus(faiss, options: "SearchOptions") -> list[int]:
+    """The GPUs one process searches on: all from ``starting_gpu`` on, or under a launcher (``distributed``)
+    the one of its local rank, ``starting_gpu + LOCAL_RANK``."""
+    gpus = _gpu_list(faiss, options.starting_gpu)
+    if not options.distributed:
+        return gpus
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if local >= len(gpus):
+        raise ResourceError(
+            f"--use_gpu under a launcher: local rank {local} searches on GPU {options.starting_gpu + local} "
+            f"(--faiss_starting_gpu + LOCAL_RANK), faiss sees {options.starting_gpu + len(gpus)}"
+        )
+    return [gpus[local]]
+
+
 def check_search_resources(options: SearchOptions) -> None:
     """Refuse, before any query is encoded, a search this machine cannot run: no faiss (or two builds), or
     ``use_gpu`` without a faiss build with GPU support or without the GPUs ``starting_gpu`` asks for."""
     faiss = import_faiss()
     if options.use_gpu:
-        _gpu_list(faiss, options.starting_gpu)
+        search_gpus(faiss, options)
 
 
 def _to_gpus(faiss, index, gpus: list[int]):
@@ -147,10 +188,27 @@ def _effective_k(depth: int, total: int) -> int:
     return min(depth, total)
 
 
+def rank_rows(total: int, rank: int, world_size: int, tile: int) -> tuple[int, int]:
+    """Rows ``[first, last)`` that rank ``rank`` of ``world_size`` searches: contiguous ranges in rank order,
+    cut at multiples of ``tile`` (faiss's tile of corpus rows, so that every row is scored as in one
+    process) and as even as whole tiles allow. A rank may get none (fewer tiles than ranks)."""
+    tiles = -(-total // tile)
+    return min(total, tiles * rank // world_size * tile), min(total, tiles * (rank + 1) // world_size * tile)
+
+
+def _tile(faiss) -> int:
+    return max(1, int(faiss.cvar.distance_compute_blas_database_bs))
+
+
 def search_embeddings(
     index: EmbeddingIndex, queries: np.ndarray, options: SearchOptions
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k ``(scores, global_indices)`` of each query row; missing hits have index -1."""
+    """Top-k ``(scores, global_indices)`` of each query row; missing hits have index -1.
+
+    With ``options.distributed`` every rank of the process group must call it (with the same options and
+    queries of the same shape): each searches its rows (:func:`rank_rows`) with rank 0's queries, and every
+    rank returns the merged result.
+    """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if queries.ndim != 2 or queries.shape[1] != index.dim:
         raise InputError(
@@ -159,9 +217,35 @@ def search_embeddings(
         )
     k = _effective_k(options.depth, index.total)
     spec = options.faiss_index.replace(" ", "")
-    if spec.lower() in ("flat", "flatip", ""):
-        return _search_exact(index, queries, k, options)
-    return _search_approximate(index, queries, k, spec, options)
+    if not options.distributed:
+        return _search_rows(index, queries, k, spec, options, 0, index.total)
+    if not in_process_group():
+        raise RuntimeError("SearchOptions.distributed needs a torch.distributed process group (run under torchrun)")
+    rank, world_size = dist_context()
+    queries = broadcast_array(queries)  # the ranks score the same vectors, whatever each one encoded
+    first, last = rank_rows(index.total, rank, world_size, _tile(import_faiss()))
+    logger.info("rank %d of %d searches rows [%d, %d) of %d", rank, world_size, first, last, index.total)
+    scores, idx, error = None, None, None
+    try:
+        scores, idx = _search_rows(index, queries, k, spec, options, first, last)
+    except Exception as err:  # reported on this rank; the others stop instead of waiting for its list
+        error = err
+    raise_unless_all_ok(error, "another rank failed while searching its share of the index; see its log")
+    # Each rank's list is the exact top k of its rows in the search order, so the merged top k is the whole one.
+    all_scores, all_idx = all_gather_arrays(scores), all_gather_arrays(idx)
+    scores, idx = all_scores[0], all_idx[0]
+    for part_scores, part_idx in zip(all_scores[1:], all_idx[1:]):
+        scores, idx = merge_topk(scores, idx, part_scores, part_idx, k)
+    return scores, idx
+
+
+def _search_rows(index, queries, k, spec, options, first, last):
+    """Top-k over rows ``[first, last)`` (global row numbers)."""
+    if first >= last:
+        return np.full((len(queries), k), -np.inf, dtype=np.float32), np.full((len(queries), k), -1, dtype=np.int64)
+    if is_exact(spec):
+        return _search_exact(index, queries, k, options, first, last)
+    return _search_approximate(index, queries, k, spec, options, first, last)
 
 
 # Each block is searched this much deeper than k, so that a group of equal scores at the k-th place is
@@ -169,20 +253,22 @@ def search_embeddings(
 _TIE_MARGIN = 16
 
 
-def _search_exact(index, queries, k, options):
+def _search_exact(index, queries, k, options, first, last):
     faiss = import_faiss()
     nq = len(queries)
-    gpus = _gpu_list(faiss, options.starting_gpu) if options.use_gpu else None
+    gpus = search_gpus(faiss, options) if options.use_gpu else None
     if gpus is None and nq < faiss.omp_get_max_threads():
         # With fewer queries than threads faiss splits the block between threads and scores with a kernel
         # chosen by the block's length; zero queries up to the thread count keep it on its usual paths,
         # whose scores do not depend on the block (with blocks aligned to its tiles).
         queries = np.concatenate([queries, np.zeros((faiss.omp_get_max_threads() - nq, queries.shape[1]), np.float32)])
-    tile = max(1, int(faiss.cvar.distance_compute_blas_database_bs))
+    tile = _tile(faiss)
+    if first % tile:
+        raise ValueError(f"rows from {first}: exact search starts at a multiple of faiss's {tile}-row tile")
     block_rows = -(-max(1, options.block_rows) // tile) * tile
     best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
     best_idx = np.full((len(queries), k), -1, dtype=np.int64)
-    for offset, block in index.iter_blocks(block_rows):
+    for offset, block in index.iter_blocks(block_rows, first, last):
         kb = min(k, len(block))
         fetch = min(kb + _TIE_MARGIN, len(block))
         if gpus is None:
@@ -292,46 +378,9 @@ def _batched_search(faiss_index, queries, k, batch_size):
     return np.concatenate(scores), np.concatenate(idx)
 
 
-def adjust_nlist(spec: str, total: int, min_points_per_list: int = 39) -> str:
-    """Lower an ``IVF<n>`` list count that the corpus cannot train (faiss wants ≥ 39 points per list)."""
-    match = re.search(r"IVF(\d+)", spec)
-    if not match:
-        return spec
-    nlist = int(match.group(1))
-    limit = max(1, total // min_points_per_list)
-    if nlist <= limit:
-        return spec
-    logger.warning("%s: %d lists need at least %d vectors, the corpus has %d; using IVF%d", spec, nlist, nlist * min_points_per_list, total, limit)
-    return spec[: match.start(1)] + str(limit) + spec[match.end(1) :]
-
-
-def _train_sample(index: EmbeddingIndex, size: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(index.total, size=min(size, index.total), replace=False))
-    parts = []
-    for shard, offset in zip(index.shards, index.offsets):
-        lo, hi = np.searchsorted(chosen, [offset, offset + shard["count"]])
-        if lo < hi:
-            parts.append(np.asarray(index.embeddings(shard)[chosen[lo:hi] - offset], dtype=np.float32))
-    return np.ascontiguousarray(np.concatenate(parts))
-
-
-def _search_approximate(index, queries, k, spec, options):
+def _search_approximate(index, queries, k, spec, options, first, last):
     faiss = import_faiss()
-    spec = adjust_nlist(spec, index.total)
-    try:
-        cpu_index = faiss.index_factory(index.dim, spec, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as err:
-        raise UsageError(f"--faiss_index {spec!r}: faiss cannot build it for dimension {index.dim}: {str(err).splitlines()[0]}") from None
-    if not cpu_index.is_trained:
-        sample = _train_sample(index, options.train_sample, options.seed)
-        logger.info("training %s on %d vectors", spec, len(sample))
-        try:
-            cpu_index.train(sample)
-        except RuntimeError as err:
-            raise UsageError(f"--faiss_index {spec!r}: training on {len(sample)} vectors failed: {str(err).splitlines()[0]}") from None
-    for _offset, block in index.iter_blocks(options.block_rows):
-        cpu_index.add(block)
+    cpu_index = open_ann_index(index, spec, options, first, last)
     params = faiss.ParameterSpace()
     if "IVF" in spec:
         params.set_index_parameter(cpu_index, "nprobe", options.nprobe)
@@ -339,10 +388,64 @@ def _search_approximate(index, queries, k, spec, options):
         params.set_index_parameter(cpu_index, "efSearch", max(options.ef_search, k))
     search_index = cpu_index
     if options.use_gpu:
-        search_index = _to_gpus(faiss, cpu_index, _gpu_list(faiss, options.starting_gpu))
+        search_index = _to_gpus(faiss, cpu_index, search_gpus(faiss, options))
     scores, idx = _batched_search(search_index, queries, k, options.query_batch_size)
     scores = np.where(idx >= 0, scores, -np.inf).astype(np.float32)
-    return scores, idx
+    return scores, np.where(idx >= 0, idx + first, -1)
+
+
+class SearchResults(dict):
+    """``{qid: [(pid, score), ...]}`` best first, in query order (a plain dict to every reader), and ``recall``:
+    :func:`measure_recall`'s report when ``check_recall`` asked for one, else None."""
+
+    recall: Optional[dict] = None
+
+
+def measure_recall(
+    index: EmbeddingIndex, queries: np.ndarray, query_ids: Sequence[str], found: np.ndarray, options: SearchOptions
+) -> dict:
+    """Recall@k of an approximate search against exact search, on a deterministic sample of the queries.
+
+    ``found`` holds the approximate search's rows (``[len(queries), k]``, -1 for none); ``options.check_recall``
+    queries are drawn with ``options.seed`` (all of them when there are fewer), searched exactly, and each
+    query's recall is the share of its exact top k that ``found`` lists. Logs the mean at INFO and returns
+    the report (the mean, the lowest, each sampled query's value and the search settings).
+    """
+    count = min(options.check_recall, len(queries))
+    sample = np.sort(np.random.default_rng(options.seed).choice(len(queries), size=count, replace=False))
+    exact_options = replace(options, faiss_index="Flat", check_recall=0)
+    _, exact = search_embeddings(index, np.asarray(queries)[sample], exact_options)
+    k = exact.shape[1]
+    per_query = {}
+    for row, query in enumerate(sample.tolist()):
+        truth = set(exact[row][exact[row] >= 0].tolist())
+        listed = set(found[query][found[query] >= 0].tolist())
+        per_query[query_ids[query]] = len(truth & listed) / len(truth) if truth else 1.0
+    values = list(per_query.values())
+    recall = float(np.mean(values)) if values else 1.0
+    settings = {}
+    if "IVF" in options.faiss_index:
+        settings["nprobe"] = options.nprobe
+    if "HNSW" in options.faiss_index:
+        settings["ef_search"] = max(options.ef_search, k)
+    logger.info(
+        "recall@%d of --faiss_index %s%s against exact search: %.4f (mean over %d of %d queries, sampled with seed %d; "
+        "lowest %.4f)",
+        k, options.faiss_index, "".join(f" {name} {value}" for name, value in settings.items()), recall, count,
+        len(queries), options.seed, min(values, default=1.0),
+    )
+    return {
+        "index": os.path.abspath(index.index_dir),
+        "faiss_index": options.faiss_index,
+        **settings,
+        "k": k,
+        "recall": recall,
+        "min_recall": min(values, default=1.0),
+        "queries": len(queries),
+        "sampled": count,
+        "seed": options.seed,
+        "per_query": per_query,
+    }
 
 
 def search_index(
@@ -350,8 +453,10 @@ def search_index(
     query_embeddings: np.ndarray,
     query_ids: Sequence[str],
     options: Optional[SearchOptions] = None,
-) -> dict[str, list[tuple[str, float]]]:
-    """``{qid: [(pid, score), ...]}`` best first, in query order; missing hits are left out."""
+) -> SearchResults:
+    """``{qid: [(pid, score), ...]}`` best first, in query order; missing hits are left out. With
+    ``options.check_recall`` its ``recall`` holds :func:`measure_recall`'s report; with
+    ``options.distributed`` every rank calls it and gets the whole result (:func:`search_embeddings`)."""
     options = options or SearchOptions()
     index = index_dir if isinstance(index_dir, EmbeddingIndex) else EmbeddingIndex(index_dir)
     if len(query_ids) != len(query_embeddings):
@@ -363,11 +468,13 @@ def search_index(
     # Missing hits sort last in both search paths, so a row's hits are a prefix; checked, not assumed.
     counts = valid.sum(axis=1)
     prefix = valid[np.arange(valid.shape[1]) < counts[:, None]].all() if valid.size else True
-    results: dict[str, list[tuple[str, float]]] = {}
+    results = SearchResults()
     if prefix:
         for qid, row_names, row_scores, n in zip(query_ids, names, score_rows, counts.tolist()):
             results[qid] = list(zip(row_names[:n], row_scores[:n]))
     else:
         for qid, row_names, row_scores, row_valid in zip(query_ids, names, score_rows, valid.tolist()):
             results[qid] = [(n, s) for n, s, v in zip(row_names, row_scores, row_valid) if v]
+    if options.check_recall:
+        results.recall = measure_recall(index, query_embeddings, list(query_ids), idx, options)
     return results

@@ -65,3 +65,41 @@ def test_two_processes_equal_one(tiny_bert, corpus, tmp_path, launcher, workers)
     assert sorted(repaired) == sorted(dist)
     for rid in dist:
         np.testing.assert_allclose(repaired[rid], dist[rid], atol=1e-6, rtol=0)
+
+
+def test_a_rank_killed_midway_then_a_rerun_gives_the_uninterrupted_index(tiny_bert, corpus, tmp_path):  # noqa: F811
+    """SIGKILL one rank of a two-process build after its first shard; the rerun completes the same index, file for
+    file. Batches of one passage make each embedding's bytes independent of its batch mates (which differ when a
+    rerun skips the finished shards), so the files can be compared byte for byte."""
+    flags = ["--model_name_or_path", str(tiny_bert), "--corpus_path", str(corpus), "--doc_template", "<title> <text>",
+             "--doc_column_names", "id,title,text", "--p_max_len", "48", "--per_device_eval_batch_size", "1",
+             "--max_inmem_docs", "40", "--pooling", "mean"]
+    launcher = ["torch.distributed.run", "--nproc_per_node=2"]
+    clean = launch([*launcher, f"--master_port={free_port()}"], ["--output_dir", str(tmp_path / "clean"), *flags])
+    assert clean.returncode == 0, clean.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               KILL_RANK="1", KILL_SHARD="1")
+    killed = subprocess.run([sys.executable, "-m", *launcher, f"--master_port={free_port()}",
+                             os.path.join(REPO, "tests", "retriever", "build_killed.py"), "--output_dir", str(out), *flags],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode != 0 and "Signal 9 (SIGKILL)" in killed.stderr, killed.stderr[-3000:]
+    left = set(os.listdir(out))
+    assert "manifest.json" not in left  # an unfinished build, which search refuses
+    assert {"shard.rank1.shard0.json", "embeddings.rank1.shard1.npy", "ids.rank1.shard1.txt"} <= left
+    assert "shard.rank1.shard1.json" not in left  # written but not complete
+    finished = (out / "embeddings.rank1.shard0.npy").stat().st_mtime_ns
+
+    rerun = launch([*launcher, f"--master_port={free_port()}"], ["--output_dir", str(out), *flags])
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert (out / "embeddings.rank1.shard0.npy").stat().st_mtime_ns == finished  # kept, not encoded again
+    names = sorted(p.name for p in (tmp_path / "clean").iterdir() if p.suffix in (".npy", ".txt") or p.name.startswith("shard."))
+    assert len(names) == 3 * 2 * 3  # 2 ranks × 3 shards × (embeddings, ids, record)
+    assert sorted(p.name for p in out.iterdir() if p.suffix in (".npy", ".txt") or p.name.startswith("shard.")) == names
+    for name in names:
+        assert (out / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name
+    resumed, uninterrupted = (json.loads((folder / "manifest.json").read_text()) for folder in (out, tmp_path / "clean"))
+    for key in ("total", "shards", "layout", "model", "corpus", "encoding"):
+        assert resumed[key] == uninterrupted[key], key
+    assert not [name for name in os.listdir(out) if name.endswith(".tmp")]

@@ -145,10 +145,11 @@ SEARCH_ARGV = [
     "--per_device_eval_batch_size", "16", "--query_template", "<text>", "--query_column_names", "id,text",
     "--dataloader_num_workers", "1", "--retrieve_depth", "7", "--faiss_index", "HNSW32", "--use_gpu",
     "--faiss_starting_gpu", "1", "--search_batch_size", "99", "--faiss_nprobe", "3", "--faiss_ef_search", "40",
-    "--faiss_train_sample", "500", "--allow_model_mismatch", "--use_cpu", "--bf16",
+    "--faiss_train_sample", "500", "--allow_model_mismatch", "--use_cpu", "--bf16", "--check_recall", "25",
 ]
-# SearchOptions fields no flag sets: the exact search's block size and the training sample's seed.
-SEARCH_NOT_FLAGS = {"block_rows", "seed", "fp16"}
+# SearchOptions fields no flag sets: the exact search's block size, the training sample's seed, and whether
+# the ranks of a launcher share the search (set from the launch, not a flag).
+SEARCH_NOT_FLAGS = {"block_rows", "seed", "fp16", "distributed"}
 
 
 def test_search_options_from_args_maps_every_flag():
@@ -162,7 +163,7 @@ def test_search_options_from_args_maps_every_flag():
     assert options == SearchOptions(
         depth=7, faiss_index="HNSW32", use_gpu=True, starting_gpu=1, query_batch_size=99, nprobe=3, ef_search=40,
         train_sample=500, max_len=20, batch_size=16, template="<text>", column_names="id,text", num_workers=1,
-        device="cpu", bf16=True, allow_model_mismatch=True,
+        device="cpu", bf16=True, allow_model_mismatch=True, check_recall=25,
     )
     defaults = SearchOptions()
     for field in dataclasses.fields(SearchOptions):  # a new option must be given its flag here

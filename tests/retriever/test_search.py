@@ -295,3 +295,27 @@ def test_minilm_end_to_end_jsonl_and_tsv_agree(minilm_path, scifact_subset, tmp_
         retrieve.main(["--output_dir", str(tmp_path / "emb_tsv"), "--query_path", str(d / "queries.jsonl"),
                        "--trec_save_path", str(tmp_path / "x.trec"), *[a for a in common if a != "--normalize"]])
     assert not (tmp_path / "x.trec").exists()
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ranks_shares_merged_equal_one_search_on_the_blas_path(tmp_path, monkeypatch, world_size):
+    """What each rank of a distributed search does, in one process: its rows (cut at faiss's row tiles), then the
+    merge of the ranks' lists; scores and order are the whole search's, bit for bit, with uneven shards."""
+    monkeypatch.setattr(faiss.cvar, "distance_compute_blas_threshold", 4096)  # BLAS path for a small test
+    rng = np.random.default_rng(6)
+    passages = rng.standard_normal((3500, 16)).astype(np.float32)
+    passages[1000:1100] = passages[3]  # equal scores across a rank boundary
+    queries = rng.standard_normal((300, 16)).astype(np.float32)
+    write_index(str(tmp_path / "idx"), [f"p{i}" for i in range(3500)], passages, shard_size=1300)
+    index = EmbeddingIndex(tmp_path / "idx")
+    options = SearchOptions(depth=30)
+    whole_scores, whole_idx = search_embeddings(index, queries, options)
+    scores = np.full((300, 30), -np.inf, dtype=np.float32)
+    idx = np.full((300, 30), -1, dtype=np.int64)
+    for rank in range(world_size):
+        first, last = search_mod.rank_rows(index.total, rank, world_size, 1024)
+        part_scores, part_idx = search_mod._search_rows(index, queries, 30, "Flat", options, first, last)
+        assert ((part_idx == -1) | ((part_idx >= first) & (part_idx < last))).all()
+        scores, idx = merge_topk(scores, idx, part_scores, part_idx, 30)
+    np.testing.assert_array_equal(idx, whole_idx)
+    np.testing.assert_array_equal(scores, whole_scores)
