@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -66,7 +67,11 @@ def atomic_output(path: str | os.PathLike, mode: str = "w", encoding: str | None
     previous complete file or the new complete one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        # A component of the folder is a file: name the path the user gave, as a file error the CLI prints.
+        raise NotADirectoryError(errno.ENOTDIR, "a part of its folder is a file, not a folder", str(path)) from None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

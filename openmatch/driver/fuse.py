@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -78,6 +79,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise UsageError("--run names the same file twice")
     if args.depth < 1:
         raise UsageError(f"--depth must be at least 1, got {args.depth}")
+    output = os.path.realpath(args.trec_save_path)
+    if any(os.path.realpath(path) == output for path in args.run):
+        raise UsageError(f"--trec_save_path {args.trec_save_path} is one of the runs to fuse: write the fused run elsewhere")
     weights = resolve_weights(args)
     if weights is not None and len(weights) != len(args.run):
         raise UsageError(f"--weights has {len(weights)} values for {len(args.run)} runs: give one per run")

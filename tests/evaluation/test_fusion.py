@@ -129,6 +129,7 @@ def test_interpolation_equals_an_independent_computation(seed, normalization):
     weights = [0.5, 0.3, 0.2]
     fused = interpolate(runs, weights=weights, normalization=normalization, depth=1000)
     want = reference_interpolation(runs, weights, normalization)
+    assert fused.keys() == want.keys()
     for qid, hits in fused.items():
         assert dict(hits) == pytest.approx(want[qid], rel=1e-9, abs=1e-12)
         assert [pid for pid, _ in hits] == reference_order(dict(hits))

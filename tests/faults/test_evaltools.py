@@ -140,6 +140,13 @@ def test_fuse_refuses_bad_input_and_writes_nothing(case, runs, tmp_path, capfd):
     assert files_under(tmp_path / "out") == set()
 
 
+def test_fuse_refuses_to_write_over_one_of_its_runs(runs, capfd):
+    before = runs[0].read_text()
+    outcome = run_command("fuse", ["--run", *runs[:2], "--trec_save_path", runs[0]], capfd)
+    assert_user_error(outcome, "--trec_save_path", str(runs[0]), "one of the runs")
+    assert runs[0].read_text() == before
+
+
 # ----------------------------------------------------------------------------- evaluate --baseline
 
 
@@ -150,6 +157,8 @@ EVALUATE_BAD_INPUT = {
                         ["--permutations"]),
     "per_query_into_a_folder": (lambda r: ["--run", f"s1={r[0]}", f"s2={r[1]}", "--per_query", r[0].parent / "out"],
                                 ["out"]),
+    "per_query_under_a_file": (lambda r: ["--run", f"s1={r[0]}", f"s2={r[1]}", "--per_query", r[0] / "pq.tsv"],
+                               [f"{'a.trec'}/pq.tsv", "not a folder"]),
 }
 
 
