@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -31,7 +30,7 @@ from ..modeling.checkpoint import CONFIG_NAME, backbone_config, check_max_len
 from ..trainer import DRTrainer
 from ..trainer.best_model import train_keeping_best
 from ..trainer.dr_trainer import checkpoint_folders, incomplete_reason, latest_complete_checkpoint
-from ..utils import setup_logging
+from ..utils import check_writable_folder, setup_logging
 
 logger = logging.getLogger("openmatch.train_dr")
 
@@ -78,23 +77,6 @@ def resolve_resume(training_args) -> Optional[str]:
                 "--resume_from_checkpoint true to continue it or --overwrite_output_dir to train over it"
             )
     return None
-
-
-def check_output_dir(output_dir: str | os.PathLike) -> None:
-    """Fail before any work when ``--output_dir`` cannot be written: a file is created and removed in it (or,
-    when it does not exist yet, in the nearest folder above it, where it would be created)."""
-    out = Path(output_dir).absolute()
-    folder = out
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir():
-        raise UsageError(f"--output_dir {out}: {folder} is not a folder")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".openmatch-write-test.", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise UsageError(f"--output_dir {out}: cannot write in {folder} ({err.strerror or err})") from None
 
 
 def check_training_data(data_args, vocab_size: Optional[int]) -> None:
@@ -148,7 +130,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     model_args, data_args, training_args = parse_args(ARGUMENT_CLASSES, argv)
     setup_logging(training_args.process_index if training_args.world_size > 1 else 0, training_args.log_level)
     resume = resolve_resume(training_args)
-    check_output_dir(training_args.output_dir)
+    check_writable_folder(training_args.output_dir, "--output_dir")
     logger.info(
         "process %d of %d on %s, fp16=%s bf16=%s", training_args.process_index, training_args.world_size,
         training_args.device, training_args.fp16, training_args.bf16,
