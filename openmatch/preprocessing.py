@@ -25,6 +25,10 @@ files such as ``train.jsonl`` when run a second time.
 Speed: the main process plans every query (cheap) and assembles lines; ``--num_workers`` processes only
 tokenise, each distinct passage once per run (an LRU cache of token ids; queries share many negatives).
 
+Memory: queries and qrels are read into memory (MS MARCO's: ~0.3 GB); the collection is not: one pass keeps
+each passage's byte offset (:class:`CollectionTexts`), and the texts a chunk of queries needs are read from
+the file then (a ``.gz`` collection from a decompressed temporary copy). Runs are streamed.
+
 Skippable problems (a negative missing from the collection, a query without judgments, ...) are counted
 and reported once at the end with a few examples; malformed files stop the run with ``path:line: what``.
 
@@ -57,7 +61,7 @@ from typing import Callable, Iterable, Iterator, Optional
 from tqdm import tqdm
 
 from .dataset.qrels import iter_run_lines, load_qrels, relevant_ids
-from .dataset.readers import iter_id_records
+from .dataset.readers import RecordStore, iter_id_records
 from .dataset.records import DataFormatError, check_id, check_ids, find_duplicate, iter_lines, no_records, split_tsv
 from .dataset.template import Template
 from .cli import add_log_level_argument
@@ -146,11 +150,11 @@ def config_from_args(args: argparse.Namespace, shard_suffix: str) -> BuildConfig
 
 
 def load_texts(path, column_names: str, template: Template, flag: str = "the template") -> dict[str, str]:
-    """``{id: filled template}`` of a query or passage file, looked up by id (never by row number).
+    """``{id: filled template}`` of a query file (or any small record file), looked up by id (never by row number).
 
-    Only the filled text is kept: on full MS MARCO (8.8M passages) this is far smaller than records. A
-    template field missing from the first record is a typo in ``flag`` (an error); see
-    :class:`~openmatch.dataset.template.Template` for fields missing later, null or not text.
+    Only the filled text is kept (MS MARCO's 502,939 training queries take ~100 MB); a collection is read by offset
+    instead (:class:`CollectionTexts`). A template field missing from the first record is a typo in ``flag`` (an
+    error); see :class:`~openmatch.dataset.template.Template` for fields missing later, null or not text.
     """
     texts: dict[str, str] = {}
     for line_no, rid, record in iter_id_records(path, column_names):
@@ -162,6 +166,51 @@ def load_texts(path, column_names: str, template: Template, flag: str = "the tem
     if not texts:
         raise no_records(path)
     return texts
+
+
+class CollectionTexts:
+    """The filled template of each passage of a collection, by id, read from the file when a chunk needs it.
+
+    The whole collection as a dict of filled texts would not fit in memory on full MS MARCO (8.8M passages,
+    5.7 GiB of Python strings); a :class:`~openmatch.dataset.readers.RecordStore` keeps each passage's offset
+    instead. Its pass reports bad lines, repeated ids, an empty file and a template field missing from the
+    first record as :func:`load_texts` does, and fills every passage's template once, which is how a blank
+    text (known before tokenising) is known without keeping the texts.
+    """
+
+    def __init__(self, path, column_names: str, template: Template, flag: str = "the template"):
+        self.template = template
+        path = os.fspath(path)
+        first = True
+
+        def blank(line_no: int, rid: str, record: dict) -> bool:
+            nonlocal first
+            if first:
+                template.require_fields(record, path, line_no, flag)
+                first = False
+            return not template.fill(record, path, line_no)
+
+        self.store = RecordStore(path, column_names, inspect=blank)
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def locate(self, pids: Iterable[str]) -> dict[str, int]:
+        """``{pid: row}`` of the given pids that are in the collection."""
+        pids = list(pids)
+        return {pid: row for pid, row in zip(pids, self.store.rows(pids).tolist()) if row >= 0}
+
+    def is_blank(self, row: int) -> bool:
+        """Whether the passage at ``row`` fills the template with white space only."""
+        return bool(self.store.marked[row])
+
+    def texts(self, rows: list[int], pids: list[str]) -> list[str]:
+        """The filled templates of the passages at ``rows``, which must be those of ``pids``."""
+        # The pass has filled every record already, so a field missing or null has been reported there.
+        return [self.template.fill(record) for record in self.store.read(rows, pids)]
+
+    def close(self) -> None:
+        self.store.close()
 
 
 def iter_negatives_file(path) -> Iterator[tuple[int, str, list[str]]]:
@@ -318,7 +367,7 @@ class ExampleBuilder:
     fewer than 5k distinct passages, so each is tokenised once whatever ``--num_workers``.
     """
 
-    def __init__(self, config: BuildConfig, queries: dict, collection: dict, relevant: dict, tokenise: Callable):
+    def __init__(self, config: BuildConfig, queries: dict, collection: CollectionTexts, relevant: dict, tokenise: Callable):
         self.config = config
         self.queries = queries
         self.collection = collection
@@ -327,8 +376,9 @@ class ExampleBuilder:
         self.cache: OrderedDict[str, str] = OrderedDict()
         self.tokenised_passages = 0
 
-    def plan(self, qid: str, candidates: list[str], stats: "Stats") -> Optional[tuple[str, list[str], list[str]]]:
-        """``(qid, positives, sampled negatives)``, or None (counted in ``stats``) when the query is unusable."""
+    def plan(self, qid: str, candidates: list[str], stats: "Stats", rows: dict) -> Optional[tuple[str, list[str], list[str]]]:
+        """``(qid, positives, sampled negatives)``, or None (counted in ``stats``) when the query is unusable;
+        ``rows`` holds the collection's row of every pid of the query that is in it."""
         judged = self.relevant.get(qid)
         if not judged:
             stats.add("no_judgments", qid)
@@ -336,16 +386,16 @@ class ExampleBuilder:
         if qid not in self.queries:
             stats.add("query_missing", qid)
             return None
-        # Texts are stored filled and stripped, so "" is exactly a blank text: it has no token whatever the
-        # tokenizer, and is left out here, before the negative draw, instead of being tokenised.
+        # Texts are filled and stripped, so "" is exactly a blank text: it has no token whatever the tokenizer,
+        # and is left out here, before the negative draw, instead of being tokenised.
         if not self.queries[qid]:
             stats.add("empty_query", qid)
             return None
         positives = []
         for pid in judged:
-            if pid not in self.collection:
+            if pid not in rows:
                 stats.add("positive_missing", f"{qid}:{pid}")
-            elif not self.collection[pid]:
+            elif self.collection.is_blank(rows[pid]):
                 stats.add("empty_positive", f"{qid}:{pid}")
             else:
                 positives.append(pid)
@@ -357,10 +407,10 @@ class ExampleBuilder:
             if pid in excluded:
                 continue
             excluded.add(pid)
-            if pid not in self.collection:
+            if pid not in rows:
                 stats.add("negative_missing", pid)
                 continue
-            if not self.collection[pid]:
+            if self.collection.is_blank(rows[pid]):
                 stats.add("empty_negative", pid)
                 continue
             pool.append(pid)
@@ -372,9 +422,11 @@ class ExampleBuilder:
     def build_chunk(self, chunk: list[tuple[int, str, list[str]]]) -> tuple[list[str], "Stats", int]:
         """JSON lines for the usable items of ``chunk``, the counted problems, and the passage slots written."""
         cfg, stats = self.config, Stats()
-        plans = [plan for _, qid, cands in chunk if (plan := self.plan(qid, cands, stats)) is not None]
+        # One look-up of every pid of the chunk in the collection's index (vectorised), not one per pid.
+        rows = self.collection.locate({pid for _, qid, cands in chunk for pid in (*self.relevant.get(qid, ()), *cands)})
+        plans = [plan for _, qid, cands in chunk if (plan := self.plan(qid, cands, stats, rows)) is not None]
         query_ids = self.tokenise([self.queries[qid] for qid, _, _ in plans], cfg.q_max_len)
-        self._fill_cache({pid: None for _, pos, neg in plans for pid in (*pos, *neg)})
+        self._fill_cache({pid: None for _, pos, neg in plans for pid in (*pos, *neg)}, rows)
         lines, slots = [], 0
         for (qid, positives, negatives), q_ids in zip(plans, query_ids):
             # Non-blank texts can still tokenise to nothing (e.g. only a zero-width space): never write "[]".
@@ -411,12 +463,13 @@ class ExampleBuilder:
                 kept.append(pid)
         return kept
 
-    def _fill_cache(self, needed: dict) -> None:
+    def _fill_cache(self, needed: dict, rows: dict) -> None:
         missing = [pid for pid in needed if pid not in self.cache]
         for pid in needed:
             if pid in self.cache:
                 self.cache.move_to_end(pid)
-        ids = self.tokenise([self.collection[pid] for pid in missing], self.config.truncate)
+        texts = self.collection.texts([rows[pid] for pid in missing], missing)
+        ids = self.tokenise(texts, self.config.truncate)
         self.tokenised_passages += len(missing)
         for pid, token_ids in zip(missing, ids):
             self.cache[pid] = ids_json(token_ids)
@@ -576,7 +629,7 @@ def build(
     logger.info("reading queries %s", config.queries)
     queries = load_texts(config.queries, QUERY_COLUMNS, query_template, "--query_template")
     logger.info("reading collection %s", config.collection)
-    collection = load_texts(config.collection, COLLECTION_COLUMNS, doc_template, "--doc_template")
+    collection = CollectionTexts(config.collection, COLLECTION_COLUMNS, doc_template, "--doc_template")
     logger.info("%d queries, %d passages, %d judged queries", len(queries), len(collection), len(relevant))
 
     stats, source_stats, seen = Stats(), Stats(), set()
@@ -590,11 +643,11 @@ def build(
             yield line_no, qid, candidates
 
     writer = ShardWriter(config.save_to, config.shard_suffix, config.shard_size)
-    Path(config.save_to).mkdir(parents=True, exist_ok=True)
-    progress = tqdm(total=total, unit="query", desc=f"building {config.shard_suffix}", dynamic_ncols=True)
     slots = 0
-    pool = None
+    pool = progress = None
     try:
+        Path(config.save_to).mkdir(parents=True, exist_ok=True)
+        progress = tqdm(total=total, unit="query", desc=f"building {config.shard_suffix}", dynamic_ncols=True)
         if config.num_workers == 1:
             tokenise = partial(tokenise_texts, tokenizer_check)
         else:
@@ -623,10 +676,12 @@ def build(
         writer.abort()
         raise
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
         if pool is not None:
             pool.terminate()
             pool.join()
+        collection.close()
 
     stats.merge(source_stats)
     judged_unseen = [qid for qid in relevant if qid not in seen]
