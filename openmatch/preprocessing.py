@@ -23,7 +23,7 @@ written under a temporary name and renamed when complete. Both scripts may write
 files such as ``train.jsonl`` when run a second time.
 
 Speed: the main process plans every query (cheap) and assembles lines; ``--num_workers`` processes only
-tokenise, each distinct passage once per run (an LRU cache of token ids; queries share many negatives).
+tokenise, each distinct passage once per run (:class:`TokenCache`; queries share many negatives).
 
 Memory: queries and qrels are read into memory (MS MARCO's: ~0.3 GB); the collection is not: one pass keeps
 each passage's byte offset (:class:`CollectionTexts`), and the texts a chunk of queries needs are read from
@@ -50,14 +50,15 @@ import operator
 import os
 import random
 import re
+import tempfile
 import warnings
-from collections import OrderedDict
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
+import numpy as np
 from tqdm import tqdm
 
 from .dataset.qrels import iter_run_lines, load_qrels, relevant_ids
@@ -101,7 +102,6 @@ class BuildConfig:
     num_workers: int = 1
     shard_suffix: str = ".jsonl"
     chunk_size: int = 256  # queries per unit of work sent to a worker
-    cache_size: int = 500_000  # tokenised passages kept per process (LRU); bounds memory on full MS MARCO
 
     def __post_init__(self):
         for name in ("truncate", "q_max_len", "n_sample", "shard_size", "num_workers", "chunk_size"):
@@ -358,13 +358,52 @@ def ids_json(ids: Iterable[int]) -> str:
     return "[" + ",".join(map(str, ids)) + "]"
 
 
+class TokenCache:
+    """The token ids (as their JSON text) of every passage tokenised in this run, by collection row, so that no
+    passage is tokenised twice.
+
+    Tokenising is most of build_train's time, and a passage recurs among the queries' draws: on SciFact-MARCO
+    809 queries name ~25k passage slots but fewer than 5k distinct passages; on full MS MARCO 400k queries
+    draw ~12M slots from 8.8M passages, about half of them seen before. A cache in memory could not hold
+    those (an LRU of 500,000 passages, ~0.4 GB, hit 6% of the slots there), so the texts go to an unnamed
+    temporary file in ``TMPDIR`` (~0.5 KB a passage with a 128-token limit: ~3 GB at that size, removed when
+    the run ends) and only each row's offset and length stay in memory (12 bytes a passage of the collection);
+    the operating system's page cache keeps the recent ones at hand.
+    """
+
+    def __init__(self, rows: int):
+        self._offsets = np.full(rows, -1, dtype=np.int64)
+        self._lengths = np.zeros(rows, dtype=np.uint32)
+        self._file = tempfile.TemporaryFile(prefix="openmatch-tokens-")
+        self._end = 0
+
+    def __contains__(self, row: int) -> bool:
+        return self._offsets[row] >= 0
+
+    def add(self, rows: list[int], texts: list[str]) -> None:
+        """Keep ``texts``, the token JSON of the passages at ``rows``."""
+        data = [text.encode("ascii") for text in texts]
+        lengths = np.fromiter(map(len, data), np.int64, len(data))
+        self._offsets[rows] = self._end + np.cumsum(lengths) - lengths
+        self._lengths[rows] = lengths
+        self._file.write(b"".join(data))
+        self._file.flush()  # read back with os.pread, past Python's buffer
+        self._end += int(lengths.sum())
+
+    def get(self, row: int) -> str:
+        """The token JSON of the passage at ``row``."""
+        return os.pread(self._file.fileno(), int(self._lengths[row]), int(self._offsets[row])).decode("ascii")
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class ExampleBuilder:
     """Turns ``(line_no, qid, candidates)`` items into JSON lines.
 
     Sampling and assembly run in the main process; only tokenisation, the costly part, goes to the
-    workers, and only for passages not yet in the cache. Passage token ids are cached (LRU, as their JSON
-    text) because queries share many negatives: on SciFact-MARCO 809 queries name ~25k passage slots but
-    fewer than 5k distinct passages, so each is tokenised once whatever ``--num_workers``.
+    workers, and only for passages not tokenised yet in this run (:class:`TokenCache`), so each is tokenised
+    once whatever ``--num_workers``.
     """
 
     def __init__(self, config: BuildConfig, queries: dict, collection: CollectionTexts, relevant: dict, tokenise: Callable):
@@ -373,7 +412,7 @@ class ExampleBuilder:
         self.collection = collection
         self.relevant = relevant
         self.tokenise = tokenise  # (texts, max_len) -> [[ids], ...], order kept
-        self.cache: OrderedDict[str, str] = OrderedDict()
+        self.tokens = TokenCache(len(collection))
         self.tokenised_passages = 0
 
     def plan(self, qid: str, candidates: list[str], stats: "Stats", rows: dict) -> Optional[tuple[str, list[str], list[str]]]:
@@ -426,21 +465,21 @@ class ExampleBuilder:
         rows = self.collection.locate({pid for _, qid, cands in chunk for pid in (*self.relevant.get(qid, ()), *cands)})
         plans = [plan for _, qid, cands in chunk if (plan := self.plan(qid, cands, stats, rows)) is not None]
         query_ids = self.tokenise([self.queries[qid] for qid, _, _ in plans], cfg.q_max_len)
-        self._fill_cache({pid: None for _, pos, neg in plans for pid in (*pos, *neg)}, rows)
+        tokens = self._passage_tokens({pid: None for _, pos, neg in plans for pid in (*pos, *neg)}, rows)
         lines, slots = [], 0
         for (qid, positives, negatives), q_ids in zip(plans, query_ids):
             # Non-blank texts can still tokenise to nothing (e.g. only a zero-width space): never write "[]".
             if not q_ids:
                 stats.add("empty_query", qid)
                 continue
-            positives = self._drop_empty(positives, stats, "empty_positive", lambda pid: f"{qid}:{pid}")
+            positives = self._drop_empty(positives, tokens, stats, "empty_positive", lambda pid: f"{qid}:{pid}")
             if not positives:
                 stats.add("no_positive_left", qid)
                 continue
             # The draw took every candidate exactly when there were fewer than n_sample (counted for written
             # queries only).
             few = len(negatives) < cfg.n_sample
-            negatives = self._drop_empty(negatives, stats, "empty_negative", str)
+            negatives = self._drop_empty(negatives, tokens, stats, "empty_negative", str)
             if not negatives:
                 stats.add("no_negatives", qid)
                 continue
@@ -449,33 +488,38 @@ class ExampleBuilder:
             slots += len(positives) + len(negatives)
             lines.append(
                 '{"query":' + ids_json(q_ids)
-                + ',"positives":[' + ",".join(self.cache[pid] for pid in positives)
-                + '],"negatives":[' + ",".join(self.cache[pid] for pid in negatives) + "]}\n"
+                + ',"positives":[' + ",".join(tokens[pid] for pid in positives)
+                + '],"negatives":[' + ",".join(tokens[pid] for pid in negatives) + "]}\n"
             )
         return lines, stats, slots
 
-    def _drop_empty(self, pids: list[str], stats: "Stats", key: str, example: Callable[[str], str]) -> list[str]:
+    def _drop_empty(self, pids: list[str], tokens: dict, stats: "Stats", key: str, example: Callable[[str], str]) -> list[str]:
         kept = []
         for pid in pids:
-            if self.cache[pid] == "[]":
+            if tokens[pid] == "[]":
                 stats.add(key, example(pid))
             else:
                 kept.append(pid)
         return kept
 
-    def _fill_cache(self, needed: dict, rows: dict) -> None:
-        missing = [pid for pid in needed if pid not in self.cache]
+    def _passage_tokens(self, needed: dict, rows: dict) -> dict[str, str]:
+        """``{pid: token JSON}`` of the ``needed`` pids, tokenising those not tokenised before in this run."""
+        tokens, missing = {}, []
         for pid in needed:
-            if pid in self.cache:
-                self.cache.move_to_end(pid)
-        texts = self.collection.texts([rows[pid] for pid in missing], missing)
-        ids = self.tokenise(texts, self.config.truncate)
+            if rows[pid] in self.tokens:
+                tokens[pid] = self.tokens.get(rows[pid])
+            else:
+                missing.append(pid)
+        missing_rows = [rows[pid] for pid in missing]
+        ids = self.tokenise(self.collection.texts(missing_rows, missing), self.config.truncate)
+        texts = list(map(ids_json, ids))
+        self.tokens.add(missing_rows, texts)
         self.tokenised_passages += len(missing)
-        for pid, token_ids in zip(missing, ids):
-            self.cache[pid] = ids_json(token_ids)
-        # Evict only beyond what this chunk needs, so every pid it uses is still cached.
-        while len(self.cache) > max(self.config.cache_size, len(needed)):
-            self.cache.popitem(last=False)
+        tokens.update(zip(missing, texts))
+        return tokens
+
+    def close(self) -> None:
+        self.tokens.close()
 
 
 def load_tokenizer(name: str):
@@ -644,7 +688,7 @@ def build(
 
     writer = ShardWriter(config.save_to, config.shard_suffix, config.shard_size)
     slots = 0
-    pool = progress = None
+    pool = progress = builder = None
     try:
         Path(config.save_to).mkdir(parents=True, exist_ok=True)
         progress = tqdm(total=total, unit="query", desc=f"building {config.shard_suffix}", dynamic_ncols=True)
@@ -666,6 +710,7 @@ def build(
             lines, chunk_stats, chunk_slots = builder.build_chunk(chunk)
             for line in lines:
                 writer.write(line)
+            del lines  # written: not held while the next chunk is built
             stats.merge(chunk_stats)
             slots += chunk_slots
             progress.update(len(chunk))
@@ -681,6 +726,8 @@ def build(
         if pool is not None:
             pool.terminate()
             pool.join()
+        if builder is not None:
+            builder.close()
         collection.close()
 
     stats.merge(source_stats)
