@@ -195,14 +195,17 @@ class CollectionTexts:
     def __len__(self) -> int:
         return len(self.store)
 
-    def locate(self, pids: Iterable[str]) -> dict[str, int]:
-        """``{pid: row}`` of the given pids that are in the collection."""
+    def locate(self, pids: Iterable[str]) -> tuple[dict[str, int], set[str]]:
+        """``({pid: row}, blank)`` of the given pids that are in the collection: the row of each whose filled
+        template has a character besides white space, and the set of the others."""
         pids = list(pids)
-        return {pid: row for pid, row in zip(pids, self.store.rows(pids).tolist()) if row >= 0}
-
-    def is_blank(self, row: int) -> bool:
-        """Whether the passage at ``row`` fills the template with white space only."""
-        return bool(self.store.marked[row])
+        rows = self.store.rows(pids)
+        found = rows >= 0
+        blank = np.zeros(len(pids), dtype=bool)
+        blank[found] = self.store.marked[rows[found]]
+        keep = found & ~blank
+        return ({pid: row for pid, row, kept in zip(pids, rows.tolist(), keep.tolist()) if kept},
+                {pid for pid, is_blank in zip(pids, blank.tolist()) if is_blank})
 
     def texts(self, rows: list[int], pids: list[str]) -> list[str]:
         """The filled templates of the passages at ``rows``, which must be those of ``pids``."""
@@ -415,9 +418,9 @@ class ExampleBuilder:
         self.tokens = TokenCache(len(collection))
         self.tokenised_passages = 0
 
-    def plan(self, qid: str, candidates: list[str], stats: "Stats", rows: dict) -> Optional[tuple[str, list[str], list[str]]]:
+    def plan(self, qid: str, candidates: list[str], stats: "Stats", rows: dict, blank: set) -> Optional[tuple[str, list[str], list[str]]]:
         """``(qid, positives, sampled negatives)``, or None (counted in ``stats``) when the query is unusable;
-        ``rows`` holds the collection's row of every pid of the query that is in it."""
+        ``rows`` and ``blank`` are :meth:`CollectionTexts.locate` of (at least) the query's pids."""
         judged = self.relevant.get(qid)
         if not judged:
             stats.add("no_judgments", qid)
@@ -432,12 +435,12 @@ class ExampleBuilder:
             return None
         positives = []
         for pid in judged:
-            if pid not in rows:
-                stats.add("positive_missing", f"{qid}:{pid}")
-            elif self.collection.is_blank(rows[pid]):
+            if pid in rows:
+                positives.append(pid)
+            elif pid in blank:
                 stats.add("empty_positive", f"{qid}:{pid}")
             else:
-                positives.append(pid)
+                stats.add("positive_missing", f"{qid}:{pid}")
         if not positives:
             stats.add("no_positive_left", qid)
             return None
@@ -446,13 +449,12 @@ class ExampleBuilder:
             if pid in excluded:
                 continue
             excluded.add(pid)
-            if pid not in rows:
-                stats.add("negative_missing", pid)
-                continue
-            if self.collection.is_blank(rows[pid]):
+            if pid in rows:
+                pool.append(pid)
+            elif pid in blank:
                 stats.add("empty_negative", pid)
-                continue
-            pool.append(pid)
+            else:
+                stats.add("negative_missing", pid)
         if not pool:
             stats.add("no_negatives", qid)
             return None
@@ -462,8 +464,8 @@ class ExampleBuilder:
         """JSON lines for the usable items of ``chunk``, the counted problems, and the passage slots written."""
         cfg, stats = self.config, Stats()
         # One look-up of every pid of the chunk in the collection's index (vectorised), not one per pid.
-        rows = self.collection.locate({pid for _, qid, cands in chunk for pid in (*self.relevant.get(qid, ()), *cands)})
-        plans = [plan for _, qid, cands in chunk if (plan := self.plan(qid, cands, stats, rows)) is not None]
+        rows, blank = self.collection.locate({pid for _, qid, cands in chunk for pid in (*self.relevant.get(qid, ()), *cands)})
+        plans = [plan for _, qid, cands in chunk if (plan := self.plan(qid, cands, stats, rows, blank)) is not None]
         query_ids = self.tokenise([self.queries[qid] for qid, _, _ in plans], cfg.q_max_len)
         tokens = self._passage_tokens({pid: None for _, pos, neg in plans for pid in (*pos, *neg)}, rows)
         lines, slots = [], 0
