@@ -424,6 +424,40 @@ def test_tokenised_passages_are_kept_on_disk_and_each_tokenised_once(small, tiny
     assert peaks[1] - peaks[0] < (token_bytes[1] - token_bytes[0]) / 4
 
 
+@pytest.mark.parametrize(
+    "lines",
+    [
+        ['{"_id": "a", "text": "x"}', '{"_id": "b", "text": "y"}', '{"_id": "a", "text": ["list"]}'],  # repeat first
+        ['{"_id": "a", "text": "x"}', '{"_id": "b", "text": {"an": "object"}}', '{"_id": "a", "text": "z"}'],
+        ['{"_id": "a", "body": "x"}', '{"_id": "b", "text": "y"}'],  # the template's field missing at first
+        ['{"_id": "a", "text": "x"}', '{"_id": "b"}', '{"_id": "c", "text": null}', '{"_id": "d", "text": 7}'],
+    ],
+    ids=["repeat and list", "object then repeat", "typo", "missing, null, number"],
+)
+def test_the_collection_by_offset_reports_what_loading_it_reported(tmp_path, lines):
+    """build_train's collection reader (by offset) stops on, and warns about, what loading every text did."""
+    import warnings
+
+    from openmatch.dataset.template import Template
+    from openmatch.preprocessing import COLLECTION_COLUMNS, CollectionTexts, load_texts
+
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    outcomes = []
+    for read in (load_texts, CollectionTexts):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                result = read(path, COLLECTION_COLUMNS, Template("<text>"), "--doc_template")
+            except Exception as err:  # the outcome compared is the error itself
+                outcomes.append((type(err), str(err), [str(w.message) for w in caught]))
+            else:
+                texts = result if isinstance(result, dict) else dict(zip(list(result.store), result.texts(
+                    list(range(len(result))), list(result.store))))
+                outcomes.append((texts, [str(w.message) for w in caught]))
+    assert outcomes[0] == outcomes[1]
+
+
 @pytest.mark.parametrize("form", ["gzip", "jsonl", "string ids", "unsorted"])
 def test_every_form_of_a_collection_gives_the_same_lines(small, minilm_path, form):
     """A .gz collection (read from a decompressed copy), JSONL, non-integer ids (looked up by hash) and ids out

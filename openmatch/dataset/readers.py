@@ -180,11 +180,13 @@ class RecordStore:
         try:
             for line_no, offset, raw in iter_located_data_lines(self.path, self._parser, copy_to=copy):
                 rid, record = self._parser.parse(raw, line_no)
-                if inspect is not None:
-                    marked.append(bool(inspect(line_no, rid, record)))
+                # The id is noted before the record is inspected: a repeated id is the problem of its line even
+                # when the inspection would refuse the record too, as for a reader that checks ids first.
                 ids.append(rid)
                 offsets.append(offset)
                 lengths.append(len(raw))
+                if inspect is not None:
+                    marked.append(bool(inspect(line_no, rid, record)))
                 if len(ids) == self._BLOCK:
                     pack()
         except DataFormatError:
