@@ -62,7 +62,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .dataset.qrels import iter_run_lines, load_qrels, relevant_ids
-from .dataset.readers import RecordStore, iter_id_records
+from .dataset.readers import RecordStore, iter_id_records, temporary_file_full
 from .dataset.records import DataFormatError, check_id, check_ids, find_duplicate, iter_lines, no_records, split_tsv
 from .dataset.template import Template
 from .cli import add_log_level_argument
@@ -387,10 +387,13 @@ class TokenCache:
         """Keep ``texts``, the token JSON of the passages at ``rows``."""
         data = [text.encode("ascii") for text in texts]
         lengths = np.fromiter(map(len, data), np.int64, len(data))
+        try:
+            self._file.write(b"".join(data))
+            self._file.flush()  # read back with os.pread, past Python's buffer
+        except OSError as err:
+            raise temporary_file_full(err, "the token ids of the passages tokenised so far") from None
         self._offsets[rows] = self._end + np.cumsum(lengths) - lengths
         self._lengths[rows] = lengths
-        self._file.write(b"".join(data))
-        self._file.flush()  # read back with os.pread, past Python's buffer
         self._end += int(lengths.sum())
 
     def get(self, row: int) -> str:
@@ -398,7 +401,10 @@ class TokenCache:
         return os.pread(self._file.fileno(), int(self._lengths[row]), int(self._offsets[row])).decode("ascii")
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:  # a full temporary folder, already reported: the file is dropped anyway
+            pass
 
 
 class ExampleBuilder:

@@ -8,6 +8,7 @@ untouched; ids non-empty and without white space). Every problem is reported as
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import tempfile
@@ -15,7 +16,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, ResourceError
 from .records import (  # noqa: F401  (the readers' public names: callers import them from here)
     ID_KEYS,
     DataFormatError,
@@ -77,6 +78,17 @@ def load_id_records(
     if not records:
         raise no_records(path)
     return records
+
+
+def temporary_file_full(err: OSError, what: str) -> OSError:
+    """``err``, an error writing an unnamed temporary file of ``what``, as the user's problem when the temporary
+    folder is full (the operating system's ``ENOSPC`` names no file); any other error unchanged."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ResourceError(
+            f"no space left in the temporary folder {tempfile.gettempdir()} for {what}; free some space there or set "
+            "TMPDIR to a folder with more room"
+        )
+    return err
 
 
 # -- records looked up by id, read on demand ----------------------------------------------------------------
@@ -145,11 +157,20 @@ class RecordStore:
                         tempfile.gettempdir())
         try:
             self._index(copy, inspect)
+        except OSError as err:
+            self._close_all(copy)
+            raise temporary_file_full(err, f"the decompressed copy of {self.path}") from None
         except BaseException:
-            self.close()
-            if copy is not None:
-                copy.close()
+            self._close_all(copy)
             raise
+
+    def _close_all(self, copy) -> None:
+        self.close()
+        if copy is not None:
+            try:
+                copy.close()
+            except OSError:  # what is left in its buffer cannot be written either: the file is dropped anyway
+                pass
 
     # -- the pass
 
