@@ -23,7 +23,11 @@ written under a temporary name and renamed when complete. Both scripts may write
 files such as ``train.jsonl`` when run a second time.
 
 Speed: the main process plans every query (cheap) and assembles lines; ``--num_workers`` processes only
-tokenise, each distinct passage once per run (an LRU cache of token ids; queries share many negatives).
+tokenise, each distinct passage once per run (:class:`TokenCache`; queries share many negatives).
+
+Memory: queries and qrels are read into memory (MS MARCO's: ~0.3 GB); the collection is not: one pass keeps
+each passage's byte offset (:class:`CollectionTexts`), and the texts a chunk of queries needs are read from
+the file then (a ``.gz`` collection from a decompressed temporary copy). Runs are streamed.
 
 Skippable problems (a negative missing from the collection, a query without judgments, ...) are counted
 and reported once at the end with a few examples; malformed files stop the run with ``path:line: what``.
@@ -46,18 +50,19 @@ import operator
 import os
 import random
 import re
+import tempfile
 import warnings
-from collections import OrderedDict
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
+import numpy as np
 from tqdm import tqdm
 
 from .dataset.qrels import iter_run_lines, load_qrels, relevant_ids
-from .dataset.readers import iter_id_records
+from .dataset.readers import RecordStore, iter_id_records, temporary_file_full
 from .dataset.records import DataFormatError, check_id, check_ids, find_duplicate, iter_lines, no_records, split_tsv
 from .dataset.template import Template
 from .cli import add_log_level_argument
@@ -97,7 +102,6 @@ class BuildConfig:
     num_workers: int = 1
     shard_suffix: str = ".jsonl"
     chunk_size: int = 256  # queries per unit of work sent to a worker
-    cache_size: int = 500_000  # tokenised passages kept per process (LRU); bounds memory on full MS MARCO
 
     def __post_init__(self):
         for name in ("truncate", "q_max_len", "n_sample", "shard_size", "num_workers", "chunk_size"):
@@ -146,11 +150,11 @@ def config_from_args(args: argparse.Namespace, shard_suffix: str) -> BuildConfig
 
 
 def load_texts(path, column_names: str, template: Template, flag: str = "the template") -> dict[str, str]:
-    """``{id: filled template}`` of a query or passage file, looked up by id (never by row number).
+    """``{id: filled template}`` of a query file (or any small record file), looked up by id (never by row number).
 
-    Only the filled text is kept: on full MS MARCO (8.8M passages) this is far smaller than records. A
-    template field missing from the first record is a typo in ``flag`` (an error); see
-    :class:`~openmatch.dataset.template.Template` for fields missing later, null or not text.
+    Only the filled text is kept (MS MARCO's 502,939 training queries take ~100 MB); a collection is read by offset
+    instead (:class:`CollectionTexts`). A template field missing from the first record is a typo in ``flag`` (an
+    error); see :class:`~openmatch.dataset.template.Template` for fields missing later, null or not text.
     """
     texts: dict[str, str] = {}
     for line_no, rid, record in iter_id_records(path, column_names):
@@ -162,6 +166,54 @@ def load_texts(path, column_names: str, template: Template, flag: str = "the tem
     if not texts:
         raise no_records(path)
     return texts
+
+
+class CollectionTexts:
+    """The filled template of each passage of a collection, by id, read from the file when a chunk needs it.
+
+    The whole collection as a dict of filled texts would not fit in memory on full MS MARCO (8.8M passages,
+    5.7 GiB of Python strings); a :class:`~openmatch.dataset.readers.RecordStore` keeps each passage's offset
+    instead. Its pass reports bad lines, repeated ids, an empty file and a template field missing from the
+    first record as :func:`load_texts` does, and fills every passage's template once, which is how a blank
+    text (known before tokenising) is known without keeping the texts.
+    """
+
+    def __init__(self, path, column_names: str, template: Template, flag: str = "the template"):
+        self.template = template
+        path = os.fspath(path)
+        first = True
+
+        def blank(line_no: int, rid: str, record: dict) -> bool:
+            nonlocal first
+            if first:
+                template.require_fields(record, path, line_no, flag)
+                first = False
+            return not template.fill(record, path, line_no)
+
+        self.store = RecordStore(path, column_names, inspect=blank)
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def locate(self, pids: Iterable[str]) -> tuple[dict[str, int], set[str]]:
+        """``({pid: row}, blank)`` of the given pids that are in the collection: the row of each whose filled
+        template has a character besides white space, and the set of the others."""
+        pids = list(pids)
+        rows = self.store.rows(pids)
+        found = rows >= 0
+        blank = np.zeros(len(pids), dtype=bool)
+        blank[found] = self.store.marked[rows[found]]
+        keep = found & ~blank
+        return ({pid: row for pid, row, kept in zip(pids, rows.tolist(), keep.tolist()) if kept},
+                {pid for pid, is_blank in zip(pids, blank.tolist()) if is_blank})
+
+    def texts(self, rows: list[int], pids: list[str]) -> list[str]:
+        """The filled templates of the passages at ``rows``, which must be those of ``pids``."""
+        # The pass has filled every record already, so a field missing or null has been reported there.
+        return [self.template.fill(record) for record in self.store.read(rows, pids)]
+
+    def close(self) -> None:
+        self.store.close()
 
 
 def iter_negatives_file(path) -> Iterator[tuple[int, str, list[str]]]:
@@ -309,26 +361,72 @@ def ids_json(ids: Iterable[int]) -> str:
     return "[" + ",".join(map(str, ids)) + "]"
 
 
+class TokenCache:
+    """The token ids (as their JSON text) of every passage tokenised in this run, by collection row, so that no
+    passage is tokenised twice.
+
+    Tokenising is most of build_train's time, and a passage recurs among the queries' draws: on SciFact-MARCO
+    809 queries name ~25k passage slots but fewer than 5k distinct passages; on full MS MARCO 400k queries
+    draw ~12M slots from 8.8M passages, about half of them seen before. A cache in memory could not hold
+    those (an LRU of 500,000 passages, ~0.4 GB, hit 6% of the slots there), so the texts go to an unnamed
+    temporary file in ``TMPDIR`` (~0.5 KB a passage with a 128-token limit: ~3 GB at that size, removed when
+    the run ends) and only each row's offset and length stay in memory (12 bytes a passage of the collection);
+    the operating system's page cache keeps the recent ones at hand.
+    """
+
+    def __init__(self, rows: int):
+        self._offsets = np.full(rows, -1, dtype=np.int64)
+        self._lengths = np.zeros(rows, dtype=np.uint32)
+        self._file = tempfile.TemporaryFile(prefix="openmatch-tokens-")
+        self._end = 0
+
+    def __contains__(self, row: int) -> bool:
+        return self._offsets[row] >= 0
+
+    def add(self, rows: list[int], texts: list[str]) -> None:
+        """Keep ``texts``, the token JSON of the passages at ``rows``."""
+        data = [text.encode("ascii") for text in texts]
+        lengths = np.fromiter(map(len, data), np.int64, len(data))
+        try:
+            self._file.write(b"".join(data))
+            self._file.flush()  # read back with os.pread, past Python's buffer
+        except OSError as err:
+            raise temporary_file_full(err, "the token ids of the passages tokenised so far") from None
+        self._offsets[rows] = self._end + np.cumsum(lengths) - lengths
+        self._lengths[rows] = lengths
+        self._end += int(lengths.sum())
+
+    def get(self, row: int) -> str:
+        """The token JSON of the passage at ``row``."""
+        return os.pread(self._file.fileno(), int(self._lengths[row]), int(self._offsets[row])).decode("ascii")
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+        except OSError:  # a full temporary folder, already reported: the file is dropped anyway
+            pass
+
+
 class ExampleBuilder:
     """Turns ``(line_no, qid, candidates)`` items into JSON lines.
 
     Sampling and assembly run in the main process; only tokenisation, the costly part, goes to the
-    workers, and only for passages not yet in the cache. Passage token ids are cached (LRU, as their JSON
-    text) because queries share many negatives: on SciFact-MARCO 809 queries name ~25k passage slots but
-    fewer than 5k distinct passages, so each is tokenised once whatever ``--num_workers``.
+    workers, and only for passages not tokenised yet in this run (:class:`TokenCache`), so each is tokenised
+    once whatever ``--num_workers``.
     """
 
-    def __init__(self, config: BuildConfig, queries: dict, collection: dict, relevant: dict, tokenise: Callable):
+    def __init__(self, config: BuildConfig, queries: dict, collection: CollectionTexts, relevant: dict, tokenise: Callable):
         self.config = config
         self.queries = queries
         self.collection = collection
         self.relevant = relevant
         self.tokenise = tokenise  # (texts, max_len) -> [[ids], ...], order kept
-        self.cache: OrderedDict[str, str] = OrderedDict()
+        self.tokens = TokenCache(len(collection))
         self.tokenised_passages = 0
 
-    def plan(self, qid: str, candidates: list[str], stats: "Stats") -> Optional[tuple[str, list[str], list[str]]]:
-        """``(qid, positives, sampled negatives)``, or None (counted in ``stats``) when the query is unusable."""
+    def plan(self, qid: str, candidates: list[str], stats: "Stats", rows: dict, blank: set) -> Optional[tuple[str, list[str], list[str]]]:
+        """``(qid, positives, sampled negatives)``, or None (counted in ``stats``) when the query is unusable;
+        ``rows`` and ``blank`` are :meth:`CollectionTexts.locate` of (at least) the query's pids."""
         judged = self.relevant.get(qid)
         if not judged:
             stats.add("no_judgments", qid)
@@ -336,19 +434,19 @@ class ExampleBuilder:
         if qid not in self.queries:
             stats.add("query_missing", qid)
             return None
-        # Texts are stored filled and stripped, so "" is exactly a blank text: it has no token whatever the
-        # tokenizer, and is left out here, before the negative draw, instead of being tokenised.
+        # Texts are filled and stripped, so "" is exactly a blank text: it has no token whatever the tokenizer,
+        # and is left out here, before the negative draw, instead of being tokenised.
         if not self.queries[qid]:
             stats.add("empty_query", qid)
             return None
         positives = []
         for pid in judged:
-            if pid not in self.collection:
-                stats.add("positive_missing", f"{qid}:{pid}")
-            elif not self.collection[pid]:
+            if pid in rows:
+                positives.append(pid)
+            elif pid in blank:
                 stats.add("empty_positive", f"{qid}:{pid}")
             else:
-                positives.append(pid)
+                stats.add("positive_missing", f"{qid}:{pid}")
         if not positives:
             stats.add("no_positive_left", qid)
             return None
@@ -357,13 +455,12 @@ class ExampleBuilder:
             if pid in excluded:
                 continue
             excluded.add(pid)
-            if pid not in self.collection:
-                stats.add("negative_missing", pid)
-                continue
-            if not self.collection[pid]:
+            if pid in rows:
+                pool.append(pid)
+            elif pid in blank:
                 stats.add("empty_negative", pid)
-                continue
-            pool.append(pid)
+            else:
+                stats.add("negative_missing", pid)
         if not pool:
             stats.add("no_negatives", qid)
             return None
@@ -372,23 +469,25 @@ class ExampleBuilder:
     def build_chunk(self, chunk: list[tuple[int, str, list[str]]]) -> tuple[list[str], "Stats", int]:
         """JSON lines for the usable items of ``chunk``, the counted problems, and the passage slots written."""
         cfg, stats = self.config, Stats()
-        plans = [plan for _, qid, cands in chunk if (plan := self.plan(qid, cands, stats)) is not None]
+        # One look-up of every pid of the chunk in the collection's index (vectorised), not one per pid.
+        rows, blank = self.collection.locate({pid for _, qid, cands in chunk for pid in (*self.relevant.get(qid, ()), *cands)})
+        plans = [plan for _, qid, cands in chunk if (plan := self.plan(qid, cands, stats, rows, blank)) is not None]
         query_ids = self.tokenise([self.queries[qid] for qid, _, _ in plans], cfg.q_max_len)
-        self._fill_cache({pid: None for _, pos, neg in plans for pid in (*pos, *neg)})
+        tokens = self._passage_tokens({pid: None for _, pos, neg in plans for pid in (*pos, *neg)}, rows)
         lines, slots = [], 0
         for (qid, positives, negatives), q_ids in zip(plans, query_ids):
             # Non-blank texts can still tokenise to nothing (e.g. only a zero-width space): never write "[]".
             if not q_ids:
                 stats.add("empty_query", qid)
                 continue
-            positives = self._drop_empty(positives, stats, "empty_positive", lambda pid: f"{qid}:{pid}")
+            positives = self._drop_empty(positives, tokens, stats, "empty_positive", lambda pid: f"{qid}:{pid}")
             if not positives:
                 stats.add("no_positive_left", qid)
                 continue
             # The draw took every candidate exactly when there were fewer than n_sample (counted for written
             # queries only).
             few = len(negatives) < cfg.n_sample
-            negatives = self._drop_empty(negatives, stats, "empty_negative", str)
+            negatives = self._drop_empty(negatives, tokens, stats, "empty_negative", str)
             if not negatives:
                 stats.add("no_negatives", qid)
                 continue
@@ -397,32 +496,38 @@ class ExampleBuilder:
             slots += len(positives) + len(negatives)
             lines.append(
                 '{"query":' + ids_json(q_ids)
-                + ',"positives":[' + ",".join(self.cache[pid] for pid in positives)
-                + '],"negatives":[' + ",".join(self.cache[pid] for pid in negatives) + "]}\n"
+                + ',"positives":[' + ",".join(tokens[pid] for pid in positives)
+                + '],"negatives":[' + ",".join(tokens[pid] for pid in negatives) + "]}\n"
             )
         return lines, stats, slots
 
-    def _drop_empty(self, pids: list[str], stats: "Stats", key: str, example: Callable[[str], str]) -> list[str]:
+    def _drop_empty(self, pids: list[str], tokens: dict, stats: "Stats", key: str, example: Callable[[str], str]) -> list[str]:
         kept = []
         for pid in pids:
-            if self.cache[pid] == "[]":
+            if tokens[pid] == "[]":
                 stats.add(key, example(pid))
             else:
                 kept.append(pid)
         return kept
 
-    def _fill_cache(self, needed: dict) -> None:
-        missing = [pid for pid in needed if pid not in self.cache]
+    def _passage_tokens(self, needed: dict, rows: dict) -> dict[str, str]:
+        """``{pid: token JSON}`` of the ``needed`` pids, tokenising those not tokenised before in this run."""
+        tokens, missing = {}, []
         for pid in needed:
-            if pid in self.cache:
-                self.cache.move_to_end(pid)
-        ids = self.tokenise([self.collection[pid] for pid in missing], self.config.truncate)
+            if rows[pid] in self.tokens:
+                tokens[pid] = self.tokens.get(rows[pid])
+            else:
+                missing.append(pid)
+        missing_rows = [rows[pid] for pid in missing]
+        ids = self.tokenise(self.collection.texts(missing_rows, missing), self.config.truncate)
+        texts = list(map(ids_json, ids))
+        self.tokens.add(missing_rows, texts)
         self.tokenised_passages += len(missing)
-        for pid, token_ids in zip(missing, ids):
-            self.cache[pid] = ids_json(token_ids)
-        # Evict only beyond what this chunk needs, so every pid it uses is still cached.
-        while len(self.cache) > max(self.config.cache_size, len(needed)):
-            self.cache.popitem(last=False)
+        tokens.update(zip(missing, texts))
+        return tokens
+
+    def close(self) -> None:
+        self.tokens.close()
 
 
 def load_tokenizer(name: str):
@@ -576,7 +681,7 @@ def build(
     logger.info("reading queries %s", config.queries)
     queries = load_texts(config.queries, QUERY_COLUMNS, query_template, "--query_template")
     logger.info("reading collection %s", config.collection)
-    collection = load_texts(config.collection, COLLECTION_COLUMNS, doc_template, "--doc_template")
+    collection = CollectionTexts(config.collection, COLLECTION_COLUMNS, doc_template, "--doc_template")
     logger.info("%d queries, %d passages, %d judged queries", len(queries), len(collection), len(relevant))
 
     stats, source_stats, seen = Stats(), Stats(), set()
@@ -590,11 +695,11 @@ def build(
             yield line_no, qid, candidates
 
     writer = ShardWriter(config.save_to, config.shard_suffix, config.shard_size)
-    Path(config.save_to).mkdir(parents=True, exist_ok=True)
-    progress = tqdm(total=total, unit="query", desc=f"building {config.shard_suffix}", dynamic_ncols=True)
     slots = 0
-    pool = None
+    pool = progress = builder = None
     try:
+        Path(config.save_to).mkdir(parents=True, exist_ok=True)
+        progress = tqdm(total=total, unit="query", desc=f"building {config.shard_suffix}", dynamic_ncols=True)
         if config.num_workers == 1:
             tokenise = partial(tokenise_texts, tokenizer_check)
         else:
@@ -613,6 +718,7 @@ def build(
             lines, chunk_stats, chunk_slots = builder.build_chunk(chunk)
             for line in lines:
                 writer.write(line)
+            del lines  # written: not held while the next chunk is built
             stats.merge(chunk_stats)
             slots += chunk_slots
             progress.update(len(chunk))
@@ -623,10 +729,14 @@ def build(
         writer.abort()
         raise
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
         if pool is not None:
             pool.terminate()
             pool.join()
+        if builder is not None:
+            builder.close()
+        collection.close()
 
     stats.merge(source_stats)
     judged_unseen = [qid for qid in relevant if qid not in seen]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
 import logging
+import os
+import re
 import subprocess
 import sys
 from collections import OrderedDict
@@ -107,6 +110,38 @@ def test_prepare_marco_outputs(prepared, marco, corpus):
     assert len(lines) == len(expected) == 809
     got = OrderedDict((qid, negs.split(",")) for qid, negs in (line.split("\t") for line in lines))
     assert got == expected  # same queries, same order, every negative (duplicates kept) in file order
+
+
+def test_prepare_marco_bounds_its_sorts_and_spills_next_to_the_output(marco, prepared, tmp_path):
+    """Each of the three concurrent sorts gets a fixed buffer and a temporary folder inside the output folder
+    (GNU sort otherwise sizes its buffer from the input: 4.8 GB at MS MARCO's size); with a buffer far smaller than
+    the input, so that every sort spills and merges, corpus.tsv is still the bytes of the recipe's own command."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "sort.log"
+    bin_dir.mkdir()
+    real_sort = subprocess.run(["bash", "-c", "command -v sort"], capture_output=True, text=True, check=True).stdout.strip()
+    (bin_dir / "sort").write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\nexec {real_sort} "$@"\n')
+    (bin_dir / "sort").chmod(0o755)
+    out = tmp_path / "out"
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SORT_BUFFER="64K")
+    # OUT given relative to the working folder, as in the tutorial.
+    subprocess.run(["bash", str(SCRIPTS / "prepare_marco.sh"), str(marco), "out"], check=True, capture_output=True, env=env,
+                   cwd=tmp_path)
+
+    calls = log.read_text().splitlines()
+    assert len(calls) == 3
+    for call in calls:
+        words = call.split()
+        assert words[words.index("-S") + 1] == "64K"
+        assert Path(words[words.index("-T") + 1]).parent == out
+    assert sorted(p.name for p in out.iterdir()) == ["corpus.tsv", "train.negatives.tsv"]  # the sorts' folder removed
+
+    recipe = (  # the recipe's join, verbatim, with sort's own buffer sizing
+        "join  -t \"$(echo -en '\\t')\"  -e '' -a 1  -o 1.1 2.2 1.2  <(sort -k1,1 para.txt) <(sort -k1,1 para.title.txt)"
+        " | sort -k1,1 -n"
+    )
+    expected = subprocess.run(["bash", "-c", recipe], cwd=marco, capture_output=True, check=True).stdout
+    assert (out / "corpus.tsv").read_bytes() == expected == (prepared / "corpus.tsv").read_bytes()
+    assert (out / "train.negatives.tsv").read_bytes() == (prepared / "train.negatives.tsv").read_bytes()
 
 
 def test_recipe_awk_verbatim_loses_query_zero_and_build_train_says_so(marco, prepared, minilm_path, tmp_path, capsys):
@@ -309,6 +344,151 @@ def test_skippable_problems_are_counted(small, minilm_path, caplog):
     assert "1 positives missing from" in text and "2:777" in text
     assert "1 repeated query blocks" in text
     assert "2 judged queries do not appear in" in text  # 5 and 6
+
+
+def write_collection(path, passages: int, words: int = 400) -> int:
+    """A collection of long passages (ids 0..passages-1); returns its size in bytes."""
+    with open(path, "w") as handle:
+        for i in range(passages):
+            handle.write(f"{i}\tTitle {i}\t" + " ".join(f"w{(i * 7 + j) % 997}" for j in range(words)) + "\n")
+    return path.stat().st_size
+
+
+def test_build_train_memory_does_not_grow_with_the_collection(small, minilm_path):
+    """The collection is read by byte offset when a chunk needs its passages, not held as texts: on full MS MARCO
+    the texts alone are 5.7 GiB. Traced Python memory over the whole command, for a collection 5 times larger,
+    grows by far less than the texts added (a dict of filled texts grows by more than their size)."""
+    import tracemalloc
+
+    (small / "qrels.tsv").write_text("1\t0\t10\t1\n2\t0\t20\t1\n")
+    (small / "negs.tsv").write_text("1\t11,12,13\n2\t21,22\n")
+    peaks, sizes = [], []
+    # The first run also imports and caches what any run needs once: it is not measured.
+    for passages in (2000, 2000, 10000):
+        sizes.append(write_collection(small / "corpus.tsv", passages))
+        tracemalloc.start()
+        try:
+            assert run_script(build_train, small_argv(small, minilm_path)) == 0
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    assert peaks[2] - peaks[1] < (sizes[2] - sizes[1]) / 10
+
+
+def test_tokenised_passages_are_kept_on_disk_and_each_tokenised_once(small, tiny_bert, caplog, monkeypatch):
+    """Every passage a run tokenises is kept for the rest of the run (full MS MARCO: ~12M slots drawn from 8.8M
+    passages, about half of them drawn before), outside the process's memory: traced memory over runs that
+    tokenise 2,560 and 7,680 distinct passages grows by far less than their token texts (a cache in memory
+    would hold them all, or forget some and tokenise them again), and every passage is tokenised once."""
+    import tracemalloc
+
+    from openmatch import preprocessing
+
+    def tokenise(tokenizer, texts, max_len):  # a stand-in as fast as a split: what is measured is the keeping
+        return [[len(word) * 1000 + ord(word[-1]) for word in text.split()][:max_len] for text in texts]
+
+    load_tokenizer = preprocessing.load_tokenizer
+
+    def load_then_reset_peak(name):  # loading a tokenizer peaks higher than what is measured here
+        tokenizer = load_tokenizer(name)
+        tracemalloc.reset_peak()
+        return tokenizer
+
+    monkeypatch.setattr(preprocessing, "tokenise_texts", tokenise)
+    monkeypatch.setattr(preprocessing, "load_tokenizer", load_then_reset_peak)
+    write_collection(small / "corpus.tsv", 7680, words=80)
+
+    def write_queries(count):
+        # Query i: positive i, nine negatives of its own, so a run tokenises count * 10 distinct passages.
+        (small / "queries.tsv").write_text("".join(f"{i}\tquery number {i}\n" for i in range(count)))
+        (small / "qrels.tsv").write_text("".join(f"{i}\t0\t{i}\t1\n" for i in range(count)))
+        (small / "negs.tsv").write_text("".join(
+            f"{i}\t{','.join(str(768 + 9 * i + j) for j in range(9))}\n" for i in range(count)))
+
+    argv = small_argv(small, tiny_bert) + ["--n_sample", "9"]
+    peaks, token_bytes = [], []
+    for count in (256, 768):  # whole chunks of 256 queries, whose transient memory is the same in both
+        write_queries(count)
+        caplog.clear()
+        tracemalloc.start()
+        try:
+            with caplog.at_level(logging.INFO):
+                assert run_script(build_train, argv) == 0
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+        assert f"{count * 10} passage slots, {count * 10} passages tokenised" in caplog.text
+        lines = [json.loads(line) for line in (small / "out" / "split00.jsonl").read_text().splitlines()]
+        token_bytes.append(sum(len(ids_json(p)) for line in lines for p in line["positives"] + line["negatives"]))
+    # What may grow is the queries' own state (their texts and judgments, ~0.1 MB), not the token texts.
+    assert peaks[1] - peaks[0] < (token_bytes[1] - token_bytes[0]) / 4
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        ['{"_id": "a", "text": "x"}', '{"_id": "b", "text": "y"}', '{"_id": "a", "text": ["list"]}'],  # repeat first
+        ['{"_id": "a", "text": "x"}', '{"_id": "b", "text": {"an": "object"}}', '{"_id": "a", "text": "z"}'],
+        ['{"_id": "a", "body": "x"}', '{"_id": "b", "text": "y"}'],  # the template's field missing at first
+        ['{"_id": "a", "text": "x"}', '{"_id": "b"}', '{"_id": "c", "text": null}', '{"_id": "d", "text": 7}'],
+    ],
+    ids=["repeat and list", "object then repeat", "typo", "missing, null, number"],
+)
+def test_the_collection_by_offset_reports_what_loading_it_reported(tmp_path, lines):
+    """build_train's collection reader (by offset) stops on, and warns about, what loading every text did."""
+    import warnings
+
+    from openmatch.dataset.template import Template
+    from openmatch.preprocessing import COLLECTION_COLUMNS, CollectionTexts, load_texts
+
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    outcomes = []
+    for read in (load_texts, CollectionTexts):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                result = read(path, COLLECTION_COLUMNS, Template("<text>"), "--doc_template")
+            except Exception as err:  # the outcome compared is the error itself
+                outcomes.append((type(err), str(err), [str(w.message) for w in caught]))
+            else:
+                texts = result if isinstance(result, dict) else dict(zip(list(result.store), result.texts(
+                    list(range(len(result))), list(result.store))))
+                outcomes.append((texts, [str(w.message) for w in caught]))
+    assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.parametrize("form", ["gzip", "jsonl", "string ids", "unsorted"])
+def test_every_form_of_a_collection_gives_the_same_lines(small, minilm_path, form):
+    """A .gz collection (read from a decompressed copy), JSONL, non-integer ids (looked up by hash) and ids out
+    of order give the bytes of the plain sorted TSV."""
+    with open(small / "corpus.tsv", "a") as handle:
+        handle.write("106\tblank\t  \n")  # blank under <text>: known at the pass, never a candidate
+    (small / "negs.tsv").write_text("1\t103,106,104,105,100,999\n2\t103,104\n3\t104,105\n")
+    argv = small_argv(small, minilm_path) + ["--doc_template", "<text>"]
+    assert run_script(build_train, argv) == 0
+    expected = (small / "out" / "split00.jsonl").read_bytes()
+    rows = [line.split("\t") for line in (small / "corpus.tsv").read_text().splitlines()]
+    prefix = "p" if form == "string ids" else ""
+    if form == "string ids":
+        for name in ("qrels.tsv", "negs.tsv"):
+            text = (small / name).read_text()
+            (small / name).write_text(re.sub(r"\b(1\d\d|999)\b", r"p\1", text))
+    name = {"gzip": "corpus.tsv.gz", "jsonl": "corpus.jsonl"}.get(form, "other.tsv")
+    if form == "unsorted":
+        rows = rows[::-1]
+    if form == "jsonl":
+        data = "".join(json.dumps({"_id": pid, "title": title, "text": text}) + "\n" for pid, title, text in rows)
+    else:
+        data = "".join(f"{prefix}{pid}\t{title}\t{text}\n" for pid, title, text in rows)
+    if form == "gzip":
+        with gzip.open(small / name, "wt") as handle:
+            handle.write(data)
+    else:
+        (small / name).write_text(data)
+    argv = small_argv(small, minilm_path, collection=name) + ["--doc_template", "<text>", "--save_to", small / "other"]
+    assert run_script(build_train, argv) == 0
+    assert (small / "other" / "split00.jsonl").read_bytes() == expected
 
 
 def test_stale_shards_are_removed_and_nothing_written_on_failure(small, minilm_path):

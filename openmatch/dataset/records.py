@@ -318,21 +318,53 @@ def iter_raw_data_lines(path: str | os.PathLike, parser: RecordParser, report_he
     so the several passes of one command over a file warn once.
     """
     with open_binary(path) as handle:
-        lines = enumerate(handle, start=1)
-        for line_no, raw in lines:
-            if is_blank(raw):
-                continue
-            if parser.needs_header or parser.header_line is not None:  # (a parser read before keeps its header)
-                parser.set_header(raw, line_no)
-            elif parser.is_header(raw, line_no):
-                if report_header:
-                    warnings.warn(parser.header_warning(raw, line_no), OpenMatchWarning)
-            else:
+        yield from _data_lines(enumerate(handle, start=1), parser, report_header)
+
+
+def iter_located_data_lines(path: str | os.PathLike, parser: RecordParser, copy_to: Optional[IO[bytes]] = None
+                            ) -> Iterator[tuple[int, int, bytes]]:
+    """:func:`iter_raw_data_lines` with each line's byte offset: ``(line_number, offset, raw_line)``.
+
+    ``raw_line`` (its line end included) is found again with ``os.pread(fd, len(raw_line), offset)`` on the file
+    itself, whose byte-order mark, if any, counts in the offsets. A ``.gz`` file cannot be read at an offset:
+    give ``copy_to``, a binary file that receives every decompressed byte, and the offsets are into that copy.
+    """
+    if copy_to is None and os.fspath(path).endswith(".gz"):
+        raise ValueError(f"{os.fspath(path)}: a gzip file cannot be read at an offset; give copy_to")
+    with open_binary(path) as handle:
+        start = 0 if copy_to is not None else handle.tell()  # past a skipped byte-order mark
+        where = [start]
+
+        def numbered():
+            # The header logic below consumes this generator one line at a time and yields a line before
+            # asking for the next, so where[0] is the offset of the line it yields.
+            offset = start
+            for line_no, raw in enumerate(handle, start=1):
+                where[0] = offset
+                offset += len(raw)
+                if copy_to is not None:
+                    copy_to.write(raw)
                 yield line_no, raw
-            break
-        for line_no, raw in lines:
-            if not is_blank(raw):
-                yield line_no, raw
+
+        for line_no, raw in _data_lines(numbered(), parser, True):
+            yield line_no, where[0], raw
+
+
+def _data_lines(lines: Iterator[tuple[int, bytes]], parser: RecordParser, report_header: bool) -> Iterator[tuple[int, bytes]]:
+    for line_no, raw in lines:
+        if is_blank(raw):
+            continue
+        if parser.needs_header or parser.header_line is not None:  # (a parser read before keeps its header)
+            parser.set_header(raw, line_no)
+        elif parser.is_header(raw, line_no):
+            if report_header:
+                warnings.warn(parser.header_warning(raw, line_no), OpenMatchWarning)
+        else:
+            yield line_no, raw
+        break
+    for line_no, raw in lines:
+        if not is_blank(raw):
+            yield line_no, raw
 
 
 # -- whole-file checks -------------------------------------------------------------------------------------

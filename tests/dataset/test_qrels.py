@@ -116,6 +116,24 @@ def test_run_blocks_keep_line_numbers_and_queries(tmp_path, monkeypatch):
     assert [hit[0] for hit in qrels_module.iter_run_lines(path)] == list(range(1, 31)) + list(range(33, 103))
 
 
+def test_streaming_a_run_holds_one_small_block_whatever_its_size(tmp_path):
+    """build_hn streams a train-query run of 100M lines: the reader's memory is one block of parsed lines (six
+    strings a line), which must not grow with the run, and must stay small (16 MiB blocks held 0.5 GB)."""
+    import tracemalloc
+
+    peaks = []
+    for queries in (200, 800):  # runs of about 1.2 and 4.8 MB
+        path = tmp_path / f"run{queries}.trec"
+        path.write_text("".join(f"{q} Q0 {q * 1000 + r} {r} {1000 - r}.25 bm25\n" for q in range(queries) for r in range(1, 151)))
+        tracemalloc.start()
+        try:
+            assert sum(1 for _ in qrels_module.iter_run_lines(path)) == queries * 150
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    assert peaks[1] < 1.5 * peaks[0]
+
+
 @pytest.mark.parametrize(
     "lines, relevance, conflict",
     [(["q1 0 d1 1", "q2 0 d1 1", "q1 0 d2 0"], 1, ("q1 0 d1 0", "4: query 'q1' passage 'd1' judged 0 here but 1 on line 1")),

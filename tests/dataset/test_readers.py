@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import gzip
 import json
+import tempfile
 import warnings
 
 import pytest
 import torch
 from transformers import AutoTokenizer
 
+from openmatch.dataset import readers as readers_module
 from openmatch.dataset.readers import (
     DataFormatError,
+    RecordStore,
     count_lines,
     find_id_key,
     iter_id_records,
@@ -20,7 +23,7 @@ from openmatch.dataset.readers import (
 )
 from openmatch.dataset.records import check_not_empty
 from openmatch.dataset.template import Template
-from openmatch.errors import OpenMatchWarning, UsageError
+from openmatch.errors import InputError, OpenMatchWarning, UsageError
 from openmatch.dataset.tokenization import SpecialTokenLayout, pad_batch
 
 
@@ -132,6 +135,111 @@ def test_count_lines(tmp_path):
     assert count_lines(write(tmp_path / "d.txt.gz", "1\n2\n3\n", gz=True)) == 3
     with pytest.raises(FileNotFoundError, match="no such file"):
         count_lines(tmp_path / "missing.txt")
+
+
+# --- Records by offset (RecordStore) ----------------------------------------------------------------------
+
+
+def store_records(store: RecordStore, ids) -> dict:
+    """``{id: record}`` of the ids the store finds, read from the file; absent ids left out."""
+    ids = list(ids)
+    rows = store.rows(ids).tolist()
+    found = [(rid, row) for rid, row in zip(ids, rows) if row >= 0]
+    return dict(zip([rid for rid, _ in found], store.read([row for _, row in found], [rid for rid, _ in found])))
+
+
+# Integer ids in and out of order, string ids, ids that only look like integers (007, +7, 1_000, ٣ are other ids
+# than 7, 1000 and 3), a byte-order mark, CRLF, blank lines and a header line: what load_id_records reads.
+STORE_FILES = {
+    "sorted integers": "\ufeffid\ttitle\ttext\r\n0\tT0\tzero\r\n\r\n1\t\tone\r\n5\tT5\tfive \"q\"\r\n",
+    "unsorted integers": "9\tA\tnine\n-3\tB\tminus three\n12\tC\ttwelve\n4\tD\t\n",
+    "look-alikes": "7\tA\tseven\n007\tB\tzero zero seven\n+8\tC\tplus eight\n1_000\tD\tunderscore\n\u0663\tE\tarabic\n",
+    "strings": "d1\tA\tβ-cells\nx-9\tB\tsecond\nd10\tC\tthird\n",
+    "huge integers": "1\tA\tone\n99999999999999999999\tB\tbeyond int64\n",
+}
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
+@pytest.mark.parametrize("name", list(STORE_FILES))
+def test_record_store_finds_what_load_id_records_reads(tmp_path, monkeypatch, name, gz):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    path = write(tmp_path / ("c.tsv.gz" if gz else "c.tsv"), STORE_FILES[name], gz=gz)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OpenMatchWarning)  # the header line's
+        expected = load_id_records(path, "id,title,text")
+        store = RecordStore(path, "id,title,text")
+    try:
+        assert len(store) == len(expected)
+        absent = ["404", "d2", "0x1", "", "7.0", "٣٣", "-0", "99999999999999999998"]
+        ids = list(expected) + [rid for rid in absent if rid not in expected]
+        assert store_records(store, reversed(ids)) == expected
+        assert list(store) == list(expected)  # file order
+        assert store.get(list(expected)[-1]) == expected[list(expected)[-1]] and store.get("404") is None
+        # A .gz file is read from a decompressed copy that has no name: nothing is left in the temporary folder.
+        assert not list((tmp_path / "tmp").iterdir())
+    finally:
+        store.close()
+
+
+def test_record_store_switches_to_hashes_at_a_later_block(tmp_path, monkeypatch):
+    monkeypatch.setattr(RecordStore, "_BLOCK", 2)
+    lines = [f"{i}\tt\ttext {i}\n" for i in range(7)] + ["p7\tt\ttext 7\n", "8\tt\ttext 8\n"]
+    path = write(tmp_path / "c.tsv", "".join(lines))
+    store = RecordStore(path, "id,title,text")
+    assert not store._integer_ids
+    ids = [str(i) for i in range(7)] + ["p7", "8"]
+    assert store.rows(ids + ["7", "p8"]).tolist() == list(range(9)) + [-1, -1]
+    assert [record["text"] for record in store.read(range(9), ids)] == [f"text {i}" for i in range(9)]
+
+
+def test_record_store_tells_apart_ids_that_share_a_hash(tmp_path, monkeypatch):
+    monkeypatch.setattr(readers_module, "_hash_id", len)  # every id of one length collides
+    path = write(tmp_path / "c.tsv", "aa\tt\tone\nbb\tt\ttwo\nc\tt\tthree\ncc\tt\tfour\n")
+    store = RecordStore(path, "id,title,text")
+    assert store.rows(["cc", "bb", "aa", "c", "dd", "ddd"]).tolist() == [3, 1, 0, 2, -1, -1]
+    assert [r["text"] for r in store.read([3, 1], ["cc", "bb"])] == ["four", "two"]
+    # An id that is not in the file but shares the hash of the only id of its length is found at that id's row,
+    # and refused when read: the line read holds another id.
+    assert store.rows(["d"]).tolist() == [2]
+    with pytest.raises(InputError, match=r"c\.tsv: the record read for id 'd' has id 'c'"):
+        store.read([2], ["d"])
+    # A repeated id among ids that share their hash is still a repeated id.
+    path = write(tmp_path / "d.tsv", "aa\tt\tone\nbb\tt\ttwo\naa\tt\tthree\n")
+    with pytest.raises(DataFormatError, match=r"d\.tsv:3: id 'aa' repeated \(first seen on line 1\)$"):
+        RecordStore(path, "id,title,text")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "1\ta\tx\n2\tb\tx\n3\tc\tx\n2\td\tx\n1\te\tx\n",  # the first repeat in file order is 2's
+        "1\ta\tx\n2\tb\tx\n1\tc\tx\nbad line\n",  # a repeat before a bad line is the first problem
+        "1\ta\tx\nbad line\n1\tc\tx\n",  # a bad line before a repeat is the first problem
+        "a\ta\tx\nb\tb\tx\na\tc\tx\n\xff\n",
+        "1\ta\tx\n2\tb\tx\n1 \tc\tx\n",
+        "\n  \r\n",
+    ],
+    ids=["repeats", "repeat then bad line", "bad line then repeat", "strings", "white space", "empty"],
+)
+def test_record_store_reports_the_problem_load_id_records_reports(tmp_path, content):
+    path = write(tmp_path / "c.tsv", content)
+    with pytest.raises(DataFormatError) as expected:
+        load_id_records(path, "id,title,text")
+    with pytest.raises(DataFormatError) as got:
+        RecordStore(path, "id,title,text")
+    assert str(got.value) == str(expected.value)
+
+
+def test_record_store_refuses_a_file_changed_after_its_pass(tmp_path):
+    path = write(tmp_path / "c.tsv", "1\tt\tone\n2\tt\ttwo\n3\tt\tthree\n")
+    store = RecordStore(path, "id,title,text")
+    path.write_text("1\tt\tone\n3\tt\tthree\n2\tt\ttwo\n")
+    with pytest.raises(InputError, match="the record read for id '2' has id '3': the file changed"):
+        store.read(store.rows(["2"]), ["2"])
+    path.write_text("1\tt\tone\n")
+    with pytest.raises(InputError, match="the file changed while it was being read"):
+        store.read(store.rows(["3"]), ["3"])
 
 
 # --- Header lines ------------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """One record parser: every reader words the same bad line the same way and holds ids to the same rule.
 
 The readers are driven through the entry points the commands use: build_index's corpus reader
-(``api.build_index``), retrieve's query reader (``api.encode_file``), build_train's query and collection
-reader (``load_texts``), the API's ``load_id_records``, train_dr's training JSONL, qrels, runs (evaluate's
-``load_run``, build_hn's ``iter_run_groups``) and build_train's negatives file.
+(``api.build_index``), retrieve's query reader (``api.encode_file``), build_train's query reader
+(``load_texts``) and collection reader (``CollectionTexts``, by byte offset), the API's ``load_id_records``,
+train_dr's training JSONL, qrels, runs (evaluate's ``load_run``, build_hn's ``iter_run_groups``) and
+build_train's negatives file.
 """
 
 from __future__ import annotations
@@ -21,13 +22,30 @@ from openmatch.dataset.qrels import load_qrels, load_run
 from openmatch.dataset.readers import DataFormatError, load_id_records
 from openmatch.dataset.template import Template
 from openmatch.dataset.train_dataset import TrainDataset
-from openmatch.preprocessing import COLLECTION_COLUMNS, QUERY_COLUMNS, iter_negatives_file, iter_run_groups, load_texts
+from openmatch.preprocessing import (
+    COLLECTION_COLUMNS,
+    QUERY_COLUMNS,
+    CollectionTexts,
+    iter_negatives_file,
+    iter_run_groups,
+    load_texts,
+)
 
 
 @pytest.fixture(scope="module")
 def model_tok(tiny_bert):
     torch.manual_seed(0)
     return api.load_model(tiny_bert, pooling="mean", normalize=False)
+
+
+def collection_texts(path, template: str) -> dict:
+    """``{pid: text}`` of a collection as build_train reads it (by offset, ``CollectionTexts``)."""
+    texts = CollectionTexts(path, COLLECTION_COLUMNS, Template(template))
+    try:
+        pids = list(texts.store)
+        return dict(zip(pids, texts.texts(list(range(len(pids))), pids)))
+    finally:
+        texts.close()
 
 
 @dataclass
@@ -84,9 +102,9 @@ READERS = [
     Reader("build_train queries", "train.query.txt", tsv_query_line,
            lambda path, mt, scratch: load_texts(path, QUERY_COLUMNS, Template("<text>"))),
     Reader("build_train collection", "corpus.tsv", tsv_corpus_line,
-           lambda path, mt, scratch: load_texts(path, COLLECTION_COLUMNS, Template("Title: <title> Text: <text>"))),
+           lambda path, mt, scratch: collection_texts(path, "Title: <title> Text: <text>")),
     Reader("build_train collection jsonl", "corpus.jsonl", jsonl_corpus_line,
-           lambda path, mt, scratch: load_texts(path, COLLECTION_COLUMNS, Template("<text>"))),
+           lambda path, mt, scratch: collection_texts(path, "<text>")),
     Reader("load_id_records", "para.txt", tsv_query_line, lambda path, mt, scratch: load_id_records(path, "id,text")),
     Reader("negatives file qid", "train.negatives.tsv", lambda rid: f"{rid}\td1,d2",
            lambda path, mt, scratch: list(iter_negatives_file(path))),
