@@ -594,21 +594,33 @@ class EmbeddingIndex:
         ``[first + i·block_rows, first + (i+1)·block_rows)``.
 
         Blocks run across shard boundaries, so which rows share a block does not depend on the sharding; only
-        the shards holding rows of the range are opened.
+        the shards holding rows of the range are opened. Rows are read into the block with ``readinto``, not
+        through a memory map: mapped pages stay in the process's resident set until the kernel reclaims them,
+        so searching an index larger than memory would look (and be accounted) as large as the page cache;
+        read this way the process holds one block whatever the index's size. The block is reused: a caller
+        that keeps it past the next iteration copies it.
         """
         last = self.total if last is None else min(last, self.total)
-        arrays: dict[int, np.ndarray] = {}
-        for start in range(first, last, block_rows):
-            stop = min(start + block_rows, last)
-            block = np.empty((stop - start, self.dim), dtype=np.float32)
-            for number, (shard, offset) in enumerate(zip(self.shards, self.offsets)):
-                lo, hi = max(start, int(offset)), min(stop, int(offset) + shard["count"])
-                if lo >= hi:
-                    continue
-                if number not in arrays:
-                    arrays = {number: self.embeddings(shard)}  # earlier shards are done with
-                block[lo - start : hi - start] = arrays[number][lo - offset : hi - offset]
-            yield start, block
+        block: Optional[np.ndarray] = None
+        reader: Optional[_ShardReader] = None
+        try:
+            for start in range(first, last, block_rows):
+                stop = min(start + block_rows, last)
+                if block is None or len(block) != stop - start:
+                    block = np.empty((stop - start, self.dim), dtype=np.float32)
+                for number, (shard, offset) in enumerate(zip(self.shards, self.offsets)):
+                    lo, hi = max(start, int(offset)), min(stop, int(offset) + shard["count"])
+                    if lo >= hi:
+                        continue
+                    if reader is None or reader.number != number:
+                        if reader is not None:
+                            reader.close()  # earlier shards are done with
+                        reader = _ShardReader(self, number)
+                    reader.read_rows(lo - int(offset), hi - int(offset), block[lo - start : hi - start])
+                yield start, block
+        finally:
+            if reader is not None:
+                reader.close()
 
     def lookup_ids(self, indices: np.ndarray) -> dict[int, str]:
         """``{global_index: id}`` for the given indices, reading the id files once (no full id table in memory)."""
@@ -658,6 +670,58 @@ class EmbeddingIndex:
         if pos < len(local):
             raise IndexFolderError(f"{path}: holds {start} ids, the manifest says {shard['count']}")
         return found
+
+
+class _ShardReader:
+    """Reads rows of one shard's ``.npy`` into a float32 buffer at their byte offset (no memory map)."""
+
+    _CHUNK_ROWS = 1 << 16  # float16 rows are converted through a buffer of this many rows
+
+    def __init__(self, index: EmbeddingIndex, number: int):
+        self.number = number
+        shard = index.shards[number]
+        self.path = os.path.join(index.index_dir, shard["embeddings"])
+        self.dim = index.dim
+        self.handle = open(self.path, "rb")
+        try:
+            version = np.lib.format.read_magic(self.handle)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(self.handle)
+        except ValueError as error:
+            self.handle.close()
+            raise IndexFolderError(f"{self.path}: not a .npy file ({error}); {REPAIR_HINT}") from None
+        if shape != (shard["count"], self.dim) or fortran or dtype not in (np.float32, np.float16):
+            self.handle.close()
+            raise IndexFolderError(
+                f"{self.path}: shape {shape} {dtype} does not match the manifest ({shard['count']}, {self.dim}); "
+                f"{REPAIR_HINT}"
+            )
+        self.dtype = np.dtype(dtype)
+        self.data_offset = self.handle.tell()
+
+    def read_rows(self, lo: int, hi: int, out: np.ndarray) -> None:
+        """Rows ``[lo, hi)`` of the shard into ``out`` (float32, C-contiguous, ``hi - lo`` rows)."""
+        row_bytes = self.dim * self.dtype.itemsize
+        if self.dtype == np.float32:
+            self._read_exactly(lo * row_bytes, memoryview(out).cast("B"))
+            return
+        buffer = np.empty((min(self._CHUNK_ROWS, hi - lo), self.dim), dtype=self.dtype)
+        for first in range(lo, hi, self._CHUNK_ROWS):
+            n = min(self._CHUNK_ROWS, hi - first)
+            self._read_exactly(first * row_bytes, memoryview(buffer[:n]).cast("B"))
+            out[first - lo : first - lo + n] = buffer[:n]
+
+    def _read_exactly(self, position: int, view: memoryview) -> None:
+        self.handle.seek(self.data_offset + position)
+        done = 0
+        while done < len(view):
+            n = self.handle.readinto(view[done:])
+            if not n:
+                raise IndexFolderError(f"{self.path}: ends before the manifest's {self.dim}-wide rows; {REPAIR_HINT}")
+            done += n
+
+    def close(self) -> None:
+        self.handle.close()
 
 
 _ID_CHUNK_CHARS = 1 << 24

@@ -117,3 +117,31 @@ def test_an_index_without_recorded_sizes_is_still_checked(folder):
     with pytest.raises(IndexFolderError, match=r"embeddings\.rank0\.shard1\.npy: .* bytes where a \(20, 8\) float32"):
         search(folder)
 
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("block_rows", [7, 30, 64])
+def test_blocks_are_the_stored_rows_across_shards(tmp_path, monkeypatch, dtype, block_rows):
+    """Blocks read by offset (not a memory map) are the shards' rows in order, across shard boundaries, for
+    float16 shards converted a few rows at a time too."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(index_module._ShardReader, "_CHUNK_ROWS", 4)
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((N, DIM)).astype(np.float32)
+    write_index(str(tmp_path / "idx"), [f"p{i}" for i in range(N)], vectors, shard_size=13, dtype=dtype)
+    index = index_module.EmbeddingIndex(tmp_path / "idx")
+    expected = vectors.astype(dtype).astype(np.float32)
+    seen = []
+    for offset, block in index.iter_blocks(block_rows, first=3, last=N - 2):
+        assert block.dtype == np.float32 and len(block) <= block_rows
+        seen.append((offset, block.copy()))  # the block is reused between iterations
+    assert [offset for offset, _ in seen] == list(range(3, N - 2, block_rows))
+    np.testing.assert_array_equal(np.concatenate([b for _, b in seen]), expected[3 : N - 2])
+
+
+def test_a_shard_cut_short_after_the_check_is_an_error_naming_it(folder):
+    index = index_module.EmbeddingIndex(folder)  # verified while intact
+    path = folder / index.shards[1]["embeddings"]
+    os.truncate(path, os.path.getsize(path) - DIM * 4)
+    with pytest.raises(IndexFolderError, match=r"embeddings\.rank0\.shard1\.npy: ends before"):
+        list(index.iter_blocks(16))
