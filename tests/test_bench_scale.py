@@ -210,3 +210,30 @@ def test_every_stage_runs_through_the_real_commands(shared_data, minilm_path, tm
     assert by_stage["build_index"]["extra"]["shards"] >= 1
     table = [line.split()[0] for line in proc.stdout.splitlines() if line.split()[:1] and line.split()[0] in by_stage]
     assert table[-6:] == list(bench_scale.STAGES)
+
+
+def test_large_index_benchmark_writes_a_searchable_index_of_its_model(minilm_path, tmp_path):
+    """bench_large_index's directly written index is one `retrieve` accepts for its query encoder: the shards
+    verify against the manifest, the model check passes, rows are unit vectors from the seed; and its run
+    comparison counts overlaps and identical lists."""
+    import numpy as np
+
+    import bench_large_index as large
+    from openmatch import api
+    from openmatch.retriever.index import EmbeddingIndex, check_compatible
+
+    model_path = tmp_path / "bert"
+    large.build_model(model_path, minilm_path, dim=32, layers=1)
+    large.write_synthetic_index(tmp_path / "idx", model_path, n=2500, shard_size=1000, dtype="float16", seed=5)
+    index = EmbeddingIndex(tmp_path / "idx")  # checks every shard's sha256, shape and dtype
+    assert (index.total, index.dim, len(index.shards)) == (2500, 32, 3)
+    model, _ = api.load_model(str(model_path))
+    check_compatible(model, index.manifest, str(tmp_path / "idx"))
+    rows = np.concatenate([block.copy() for _, block in index.iter_blocks(1024)])
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1, atol=2e-3)
+    assert index.ids_of(np.array([0, 1999, 2499])).tolist() == ["0", "1999", "2499"]
+
+    (tmp_path / "a.trec").write_text("q1 Q0 p1 1 2 r\nq1 Q0 p2 2 1 r\nq2 Q0 p3 1 2 r\nq2 Q0 p4 2 1 r\n")
+    (tmp_path / "b.trec").write_text("q1 Q0 p1 1 2 r\nq1 Q0 p2 2 1 r\nq2 Q0 p3 1 2 r\nq2 Q0 p5 2 1 r\n")
+    assert large.compare_runs(tmp_path / "a.trec", tmp_path / "b.trec") == {
+        "queries": 2, "mean_overlap": 0.75, "min_overlap": 0.5, "identical_lists": 1}
