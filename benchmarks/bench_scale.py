@@ -294,7 +294,9 @@ class Workspace:
             return argv, count_lines(self.negatives), "queries"
         if stage == "build_index":
             shard = ["--max_inmem_docs", str(a.shard_size)] if a.shard_size else []
-            argv = [self.py, "-m", "openmatch.driver.build_index", "--output_dir", str(self.index), *self.model_flags(),
+            launch = ([self.py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(a.nproc)]
+                      if a.nproc > 1 else [self.py])
+            argv = [*launch, "-m", "openmatch.driver.build_index", "--output_dir", str(self.index), *self.model_flags(),
                     "--corpus_path", str(self.prep / "corpus.tsv"), "--doc_template", DOC_TEMPLATE,
                     "--doc_column_names", "id,title,text", "--p_max_len", P_MAX_LEN, "--overwrite_output_dir", *shard]
             return argv, passages, "passages"
@@ -334,6 +336,9 @@ class Workspace:
             extra["output_mb"] = round(sum(p.stat().st_size for p in self.processed.glob(
                 "split*[0-9].jsonl" if stage == "build_train" else "split*.hn.jsonl")) / 1e6, 1)
         if stage == "build_index":
+            extra["nproc"] = self.args.nproc
+            extra["shard_size"] = self.args.shard_size
+            extra["largest_shard_mb"] = round(max((p.stat().st_size for p in self.index.glob("*.npy")), default=0) / MB, 1)
             extra["index_mb"] = round(sum(p.stat().st_size for p in self.index.iterdir() if p.is_file()) / 1e6, 1)
             extra["shards"] = len(list(self.index.glob("*.npy")))
         return Row(stage=stage, f=self.f, seconds=result.seconds, cpu_seconds=result.cpu_seconds, items=items, unit=unit,
@@ -485,6 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=64, help="--per_device_eval_batch_size")
     parser.add_argument("--shard_size", type=int, default=None, help="build_index --max_inmem_docs")
     parser.add_argument("--num_workers", type=int, default=1, help="build_train/build_hn --num_workers")
+    parser.add_argument("--nproc", type=int, default=1, help="build_index under torchrun with this many processes "
+                        "(the largest column is then the largest rank's peak RSS)")
     parser.add_argument("--retrieve_queries", choices=("train", "dev"), default="train")
     parser.add_argument("--depth", type=int, default=200, help="retrieve depth and build_hn's run depth")
     parser.add_argument("--max_queries", type=int, default=None, help="build_train and build_hn on the first N "

@@ -244,7 +244,14 @@ class InferenceArguments(OpenMatchTrainingArguments):
     )
     trec_save_path: Optional[str] = field(default=None, metadata={"help": "where retrieve writes its TREC run"})
     retrieve_depth: int = field(default=100, metadata={"help": "passages retrieved per query"})
-    max_inmem_docs: int = field(default=10_000_000, metadata={"help": "passages per embedding shard"})
+    max_inmem_docs: int = field(
+        default=10_000_000,
+        metadata={
+            "help": "passages per embedding shard, over all processes; each process holds its shard in memory until "
+            "written, so a size whose shards do not fit this machine's memory is refused before encoding, naming one "
+            "that fits (MS MARCO × 768 float32 at the default is one 27 GB shard)"
+        },
+    )
     run_id: str = field(default="OpenMatch", metadata={"help": "last column of the TREC run"})
 
     def __post_init__(self):

@@ -22,7 +22,7 @@ import numpy as np
 from ..dataset.inference_dataset import InferenceDataset, make_loader
 from ..dataset.records import check_not_empty, count_lines, find_duplicate, no_records
 from ..distributed import all_ok, dist_context, raise_unless_all_ok
-from ..errors import InputError, MissingInputError, OpenMatchWarning, UsageError
+from ..errors import InputError, MissingInputError, OpenMatchWarning, ResourceError, UsageError
 from ..utils import dataclasses_to_dict
 from .encode import Precision, device_from_args, encode_batches, model_fingerprint
 from .index import (
@@ -156,6 +156,12 @@ def build_index(
         world_size=world_size,
         shard_size=shard_size,
     )
+    error = None
+    try:
+        check_shard_fits_memory(corpus_path, spec.dim, options.dtype, shard_size, world_size)
+    except ResourceError as err:
+        error = err
+    raise_unless_all_ok(error, "another rank has not the memory for one shard; see its log")
     out = options.output_dir
     error = None
     if rank == 0:
@@ -212,6 +218,42 @@ def build_index(
     if rank != 0:
         manifest = load_manifest(out)
     return manifest
+
+
+# Memory per row besides its embedding: the id's string object and its slot, and the filled flag.
+_ROW_OVERHEAD_BYTES = 72
+
+
+def available_memory() -> int:
+    """Bytes of memory this machine can give without swapping (psutil's ``available``)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_shard_fits_memory(corpus_path: str, dim: int, dtype: str, shard_size: int, world_size: int) -> None:
+    """Refuse, before anything is encoded, a shard size whose shards cannot be held in this machine's memory.
+
+    Each process holds the shard it is filling (``shard_size`` rows, fewer when its share of the corpus is
+    smaller), and the processes of this machine (``LOCAL_WORLD_SIZE``) hold one each. OpenMatch's default of
+    10,000,000 passages per shard is MS MARCO's 8.8M passages × 768 float32 in one 27 GB shard: a run that
+    would be killed for memory hours into encoding gets this one line instead, with a size that fits.
+    """
+    rows = min(shard_size, -(-count_lines(corpus_path) // world_size))
+    row_bytes = dim * np.dtype(dtype).itemsize + _ROW_OVERHEAD_BYTES
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    needed, available = rows * row_bytes * local, available_memory()
+    if needed <= available:
+        return
+    fitting = max(1, available // 2 // (local * row_bytes)) * world_size  # half: the model, batches, the page cache
+    if fitting >= 100_000:
+        fitting -= fitting % 100_000
+    processes = f" ({local} processes on this machine, one shard each)" if local > 1 else ""
+    raise ResourceError(
+        f"{corpus_path}: shards of {rows:,} passages × {dim} {dtype} need about {needed / 1e9:.1f} GB of memory"
+        f"{processes}, more than the {available / 1e9:.1f} GB available; pass --max_inmem_docs {fitting} or less "
+        "(passages per shard, over all processes)"
+    )
 
 
 def _options(options, corpus_path, output_dir, fields) -> BuildOptions:

@@ -261,3 +261,26 @@ def test_a_corpus_fixed_after_a_failed_build_is_accepted(collection, build_index
     assert_succeeded(run_command("retrieve", retrieve_argv(tmp_path / "emb", tmp_path / "run.trec"), capfd))
     manifest = json.loads((tmp_path / "emb" / "manifest.json").read_text())
     assert manifest["total"] == len(lines) and manifest["corpus"]["size"] == os.path.getsize(corpus)
+
+
+def test_a_shard_larger_than_memory_is_refused_before_encoding(build_index_argv, retrieve_argv, tmp_path, capfd,
+                                                               monkeypatch):
+    """OpenMatch's default shard (10M passages) of MS MARCO × 768 float32 is 27 GB: with less memory than one
+    shard the build stops at once, naming a --max_inmem_docs that fits, instead of being killed hours in; the
+    suggested size then builds."""
+    from openmatch.retriever import builder
+
+    dim = 32  # the faults' tiny BERT
+    row_bytes = dim * 4 + builder._ROW_OVERHEAD_BYTES
+    monkeypatch.setattr(builder, "available_memory", lambda: 6 * row_bytes)  # memory for 6 rows
+    argv = build_index_argv(tmp_path / "emb")
+    argv[argv.index("--max_inmem_docs") + 1] = "100"
+    outcome = run_command("build_index", argv, capfd)
+    assert_user_error(outcome, str(argv[argv.index("--corpus_path") + 1]), f"× {dim} float32",
+                      "--max_inmem_docs 3 or less")
+    assert files_under(tmp_path) == set()  # the output folder was not even made
+    argv[argv.index("--max_inmem_docs") + 1] = "3"
+    assert_succeeded(run_command("build_index", argv, capfd))
+    manifest = json.loads((tmp_path / "emb" / "manifest.json").read_text())
+    assert {shard["count"] for shard in manifest["shards"]} <= {1, 2, 3} and len(manifest["shards"]) >= 2
+    assert_succeeded(run_command("retrieve", retrieve_argv(tmp_path / "emb", tmp_path / "run.trec"), capfd))
