@@ -109,23 +109,29 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
+class TextArguments:
+    """The query and passage files and how their records become text."""
+
+    query_path: Optional[str] = field(default=None, metadata={"help": "queries (TSV/JSONL, optionally .gz)"})
+    corpus_path: Optional[str] = field(default=None, metadata={"help": "passages (TSV/JSONL, optionally .gz)"})
+    query_template: Optional[str] = field(default=None, metadata={"help": 'e.g. "<text>"'})
+    query_column_names: Optional[str] = field(default=None, metadata={"help": "e.g. id,text (header-less TSV)"})
+    doc_template: Optional[str] = field(default=None, metadata={"help": 'e.g. "Title: <title> Text: <text>"'})
+    doc_column_names: Optional[str] = field(default=None, metadata={"help": "e.g. id,title,text (header-less TSV)"})
+
+
+@dataclass
+class DataArguments(TextArguments):
     """Where the data lies and how records become model input."""
 
     train_path: Optional[str] = field(default=None, metadata={"help": "training JSONL (build_train/build_hn)"})
     train_dir: Optional[str] = field(default=None, metadata={"help": "folder whose *.jsonl files are the training set"})
     eval_path: Optional[str] = field(default=None, metadata={"help": "validation JSONL, same format as training"})
-    query_path: Optional[str] = field(default=None, metadata={"help": "queries (TSV/JSONL, optionally .gz)"})
-    corpus_path: Optional[str] = field(default=None, metadata={"help": "passages (TSV/JSONL, optionally .gz)"})
     train_n_passages: int = field(default=8, metadata={"help": "passages per query: 1 positive + n-1 negatives"})
     positive_passage_no_shuffle: bool = field(default=False, metadata={"help": "always take the first positive"})
     negative_passage_no_shuffle: bool = field(default=False, metadata={"help": "take negatives in file order"})
     q_max_len: int = field(default=32, metadata={"help": "query length in tokens, special tokens included"})
     p_max_len: int = field(default=128, metadata={"help": "passage length in tokens, special tokens included"})
-    query_template: Optional[str] = field(default=None, metadata={"help": 'e.g. "<text>"'})
-    query_column_names: Optional[str] = field(default=None, metadata={"help": "e.g. id,text (header-less TSV)"})
-    doc_template: Optional[str] = field(default=None, metadata={"help": 'e.g. "Title: <title> Text: <text>"'})
-    doc_column_names: Optional[str] = field(default=None, metadata={"help": "e.g. id,title,text (header-less TSV)"})
 
     def __post_init__(self):
         if self.train_n_passages < 1:

@@ -127,6 +127,7 @@ def generate() -> str:
         ModelArguments,
         OpenMatchTrainingArguments,
         SearchArguments,
+        TextArguments,
     )
     from openmatch.driver import bm25, build_index, evaluate, fuse, retrieve, train_dr
 
@@ -159,12 +160,18 @@ def generate() -> str:
         "",
         *dataclass_table(ModelArguments),
         "",
+        "## TextArguments",
+        "",
+        _cell(TextArguments.__doc__.strip()) + " `bm25`'s input, and part of `DataArguments`.",
+        "",
+        *dataclass_table(TextArguments),
+        "",
         "## DataArguments",
         "",
-        _cell(DataArguments.__doc__.strip()) + " Used by `train_dr`, `build_index` and `retrieve`; `bm25` reads "
-        "the corpus and query flags.",
+        _cell(DataArguments.__doc__.strip()) + " Used by `train_dr`, `build_index` and `retrieve`: the fields of "
+        "[`TextArguments`](#textarguments) and these:",
         "",
-        *dataclass_table(DataArguments),
+        *dataclass_table(DataArguments, own_fields(DataArguments)),
         "",
         "## OpenMatchTrainingArguments",
         "",

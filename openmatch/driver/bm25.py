@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from ..arguments import BM25Arguments, DataArguments
+from ..arguments import BM25Arguments, TextArguments
 from ..cli import main_wrapper, parse_args
 from ..errors import MissingInputError, UsageError
 from ..utils import setup_logging
@@ -29,7 +29,7 @@ from ..utils import setup_logging
 logger = logging.getLogger("openmatch.bm25")
 
 # The dataclasses this driver parses, in order (docs and tests import this tuple).
-ARGUMENT_CLASSES = (DataArguments, BM25Arguments)
+ARGUMENT_CLASSES = (TextArguments, BM25Arguments)
 
 
 @main_wrapper
