@@ -105,7 +105,7 @@ class BM25Options:
 
     @classmethod
     def from_args(cls, data_args, bm25_args) -> "BM25Options":
-        """The options of the ``bm25`` command's flags (``DataArguments``, ``BM25Arguments``)."""
+        """The options of the ``bm25`` command's flags (``TextArguments``, ``BM25Arguments``)."""
         return cls(k1=bm25_args.k1, b=bm25_args.b, method=bm25_args.method, stemmer=bm25_args.stemmer,
                    stopwords=bm25_args.stopwords, template=data_args.doc_template,
                    column_names=data_args.doc_column_names)
