@@ -1,8 +1,8 @@
 """Search an embedding index folder with faiss: exact by default, block by block with an exact top-k merge.
 
-Exact search (``faiss_index="Flat"``) runs ``faiss.knn`` (inner product) over blocks of rows read through
-``np.load(mmap_mode="r")`` and merges each block's top-k into the running top-k, so memory holds one block
-of passages plus ``n_queries × k`` results. The result does not depend on the block size or the sharding:
+Exact search (``faiss_index="Flat"``) runs ``faiss.knn`` (inner product) over blocks of rows read at their
+offset (:meth:`EmbeddingIndex.iter_blocks`, no memory map) and merges each block's top-k into the running
+top-k, so memory holds one block of passages plus ``n_queries × k`` results, whatever the index's size. The result does not depend on the block size or the sharding:
 
 - **Scores**: on its BLAS path faiss multiplies tiles of 1024 corpus rows (``distance_compute_blas_database_bs``)
   and the last bit of a score depends on the tile. Blocks start at multiples of that tile in the whole
