@@ -163,8 +163,9 @@ def retrieve(
     and for the queries ``max_len``, ``template``, ``column_names``, ``batch_size``, ``fp16``, ``bf16``, ...), or
     ``options=`` a whole ``SearchOptions`` (as ``SearchOptions.from_args`` makes from the command's flags).
     ``model`` must be the model the index was built with (dimension, configuration and weights, from the
-    manifest); ``allow_model_mismatch=True`` checks the dimension only. The result is a dict whose ``recall``
-    holds the ``check_recall`` report (else None). With ``distributed=True`` (``SearchOptions.from_args`` sets
+    manifest); ``allow_model_mismatch=True`` checks the dimension only. The result is a read-only mapping
+    (:class:`~openmatch.retriever.search.SearchResults`: hits become Python objects as they are read) whose
+    ``recall`` holds the ``check_recall`` report (else None). With ``distributed=True`` (``SearchOptions.from_args`` sets
     it under a launcher) every rank of the process group calls it and gets the whole result, each having
     searched its share of the index.
     """

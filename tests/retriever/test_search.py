@@ -319,3 +319,39 @@ def test_ranks_shares_merged_equal_one_search_on_the_blas_path(tmp_path, monkeyp
         scores, idx = merge_topk(scores, idx, part_scores, part_idx, 30)
     np.testing.assert_array_equal(idx, whole_idx)
     np.testing.assert_array_equal(scores, whole_scores)
+
+
+def test_results_become_objects_a_chunk_at_a_time(data, tmp_path, monkeypatch):
+    """search_index's mapping holds the arrays and converts a chunk of queries when read: read in order, each
+    chunk's ids are looked up once; read in any order, every query's hits are the arrays' rows with their ids;
+    missing hits (-1) are left out; it compares equal to the plain dict."""
+    ids, passages, queries = data
+    write_index(str(tmp_path / "idx"), ids, passages, shard_size=300)
+    index = EmbeddingIndex(tmp_path / "idx")
+    qids = [f"q{i}" for i in range(len(queries))]
+    depth = 5
+    scores, rows = search_embeddings(index, queries, SearchOptions(depth=depth))
+    expected = {q: [(ids[r], s) for r, s in zip(rows[i].tolist(), scores[i].tolist())] for i, q in enumerate(qids)}
+
+    monkeypatch.setattr(search_mod.SearchResults, "HITS_PER_CHUNK", 4 * depth)  # 4 queries a chunk
+    lookups = []
+    real = EmbeddingIndex.ids_of
+    monkeypatch.setattr(EmbeddingIndex, "ids_of", lambda self, idx: lookups.append(len(idx)) or real(self, idx))
+    results = api.search(tmp_path / "idx", queries, qids, depth=depth)
+    assert lookups == [] and len(results) == len(qids) and list(results) == qids
+    assert list(results.items()) == list(expected.items())
+    assert lookups == [4] * 9 + [1]  # 37 queries: 10 chunks, each looked up once
+    for qid in reversed(qids):  # any order
+        assert results[qid] == expected[qid]
+    assert results == expected and dict(results) == expected and "q3" in results and "nope" not in results
+    with pytest.raises(KeyError):
+        results["nope"]
+
+    # An approximate search may find fewer than depth hits: the -1 slots are left out, wherever they are.
+    rows[2, 3:] = -1
+    rows[5, 1] = -1
+    partial = search_mod.SearchResults(index, qids, scores, rows)
+    assert partial["q2"] == expected["q2"][:3]
+    assert partial["q5"] == [expected["q5"][0], *expected["q5"][2:]]
+    with pytest.raises(ValueError, match="unique"):
+        api.search(tmp_path / "idx", queries[:2], ["q0", "q0"], depth=depth)
