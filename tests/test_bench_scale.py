@@ -237,3 +237,16 @@ def test_large_index_benchmark_writes_a_searchable_index_of_its_model(minilm_pat
     (tmp_path / "b.trec").write_text("q1 Q0 p1 1 2 r\nq1 Q0 p2 2 1 r\nq2 Q0 p3 1 2 r\nq2 Q0 p5 2 1 r\n")
     assert large.compare_runs(tmp_path / "a.trec", tmp_path / "b.trec") == {
         "queries": 2, "mean_overlap": 0.75, "min_overlap": 0.5, "identical_lists": 1}
+
+
+def test_run_memory_benchmark_writes_the_same_run_both_ways(tmp_path):
+    """bench_run_memory's two modes write one identical run of every hit, in a fresh process each."""
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_run_memory.py"), "--work_dir", str(tmp_path),
+                          "--passages", "500", "--queries", "30", "--depth", "7", "--json", str(tmp_path / "r.json")],
+                         env=ENV, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["identical"] and [row["mode"] for row in report["rows"]] == ["all_at_once", "chunked"]
+    assert all(row["lines"] == 30 * 7 and row["peak_rss_mb"] > 0 for row in report["rows"])
+    lines = (tmp_path / "run.chunked.trec").read_text().splitlines()
+    assert len(lines) == 210 and lines[0].split()[:2] == ["1000000", "Q0"] and lines[-1].split()[3] == "7"

@@ -26,7 +26,7 @@ SCRIPT_PARSERS = {
     "scripts/msmarco/build_train.py", "scripts/msmarco/build_hn.py", "scripts/msmarco/make_sample.py",
     "scripts/scale_t5_weights.py", "scripts/gen_arguments_doc.py",
     "benchmarks/make_synthetic_marco.py", "benchmarks/bench_scale.py", "benchmarks/bench_ann.py",
-    "benchmarks/bench_large_index.py",
+    "benchmarks/bench_large_index.py", "benchmarks/bench_run_memory.py",
 }
 SHELL_ONLY = {"wget", "tar", "rm", "cd", "gunzip", "join", "awk", "cat", "tail", "head", "export", "pip",
               "mkdir", "tensorboard"}
