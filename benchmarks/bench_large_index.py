@@ -28,6 +28,7 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -70,7 +71,7 @@ def write_queries(path: Path, n: int, seed: int) -> None:
             handle.write(f"{1_000_000 + i}\t{' '.join(words[j] for j in chosen)}\n")
 
 
-def write_synthetic_index(folder: Path, model_path: Path, n: int, shard_size: int, dtype: str, seed: int) -> float:
+def write_synthetic_index(folder: Path | str, model_path: Path | str, n: int, shard_size: int, dtype: str, seed: int) -> float:
     """Random unit vectors as an index folder keyed to ``model_path``'s model; returns the seconds taken.
 
     Written shard by shard through the index module (each shard's files, then the manifest last), so memory
@@ -161,7 +162,15 @@ def main(argv=None) -> int:
         folder = work / f"index.{dtype}"
         if not (folder / "manifest.json").is_file() or json.loads((folder / "manifest.json").read_text())["total"] != args.passages:
             print(f"writing {args.passages:,} x {args.dim} {dtype} into {folder}", flush=True)
-            write_seconds = write_synthetic_index(folder, model_path, args.passages, args.shard_size, dtype, args.seed)
+            # In a child process: Linux starts a child's peak RSS (wait4's ru_maxrss, the "largest" column) at
+            # its parent's RSS, which writing a shard would leave gigabytes high.
+            code = ("import sys; sys.path.insert(0, sys.argv[1]); import bench_large_index as b; "
+                    "print(b.write_synthetic_index(*sys.argv[2:4], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], int(sys.argv[7])))")
+            out = subprocess.run([sys.executable, "-c", code, str(REPO / "benchmarks"), str(folder), str(model_path),
+                                  str(args.passages), str(args.shard_size), dtype, str(args.seed)],
+                                 check=True, stdout=subprocess.PIPE, text=True, env=env)
+            print(out.stdout, end="", flush=True)
+            write_seconds = float(out.stdout.strip().splitlines()[-1])
         else:
             write_seconds = None
         index_bytes = sum(p.stat().st_size for p in folder.iterdir() if p.name.startswith("embeddings."))
