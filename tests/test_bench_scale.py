@@ -227,6 +227,13 @@ def test_large_index_benchmark_writes_a_searchable_index_of_its_model(minilm_pat
     large.write_synthetic_index(tmp_path / "idx", model_path, n=2500, shard_size=1000, dtype="float16", seed=5)
     index = EmbeddingIndex(tmp_path / "idx")  # checks every shard's sha256, shape and dtype
     assert (index.total, index.dim, len(index.shards)) == (2500, 32, 3)
+    # The storage asked for (the benchmark's float16 rows must measure float16 shards), from the seed alone.
+    assert index.manifest["encoding"]["dtype"] == "float16" and {s["dtype"] for s in index.shards} == {"float16"}
+    assert np.load(tmp_path / "idx" / index.shards[0]["embeddings"]).dtype == np.float16
+    large.write_synthetic_index(tmp_path / "same", model_path, n=2500, shard_size=1000, dtype="float16", seed=5)
+    large.write_synthetic_index(tmp_path / "other", model_path, n=2500, shard_size=1000, dtype="float16", seed=6)
+    digests = {name: [s["embeddings_sha256"] for s in EmbeddingIndex(tmp_path / name).shards] for name in ("idx", "same", "other")}
+    assert digests["idx"] == digests["same"] and not set(digests["idx"]) & set(digests["other"])
     model, _ = api.load_model(str(model_path))
     check_compatible(model, index.manifest, str(tmp_path / "idx"))
     rows = np.concatenate([block.copy() for _, block in index.iter_blocks(1024)])

@@ -424,6 +424,41 @@ def test_tokenised_passages_are_kept_on_disk_and_each_tokenised_once(small, tiny
     assert peaks[1] - peaks[0] < (token_bytes[1] - token_bytes[0]) / 4
 
 
+def test_a_passage_drawn_again_in_a_later_chunk_is_read_from_the_cache(small, tiny_bert, caplog, monkeypatch):
+    """Queries of later chunks (256 queries each) draw passages that earlier chunks tokenised: each passage text
+    reaches the tokenizer once in the whole run, and the tokens written for a passage read back from the cache are
+    that passage's (not another row's). The test above draws every passage once, so it cannot tell."""
+    from openmatch import preprocessing
+
+    seen = []
+
+    def tokenise(tokenizer, texts, max_len):  # a stand-in that records every text it is given
+        seen.extend(texts)
+        return [[int(w[1:]) if w[0] == "w" else len(w) for w in text.split()][:max_len] for text in texts]
+
+    monkeypatch.setattr(preprocessing, "tokenise_texts", tokenise)
+    write_collection(small / "corpus.tsv", 600, words=6)
+    texts = dict(line.split("\t", 2)[::2] for line in (small / "corpus.tsv").read_text().splitlines())
+    count, shared = 600 - 88, 88  # positives 0..511 (one each); negatives from the 88 passages 512..599
+    candidates = {i: [str(count + (i * 7 + j) % shared) for j in range(5)] for i in range(count)}
+    (small / "queries.tsv").write_text("".join(f"{i}\tquery number {i}\n" for i in range(count)))
+    (small / "qrels.tsv").write_text("".join(f"{i}\t0\t{i}\t1\n" for i in range(count)))
+    (small / "negs.tsv").write_text("".join(f"{i}\t{','.join(c)}\n" for i, c in candidates.items()))
+    argv = small_argv(small, tiny_bert) + ["--n_sample", "5", "--doc_template", "<text>"]
+    with caplog.at_level(logging.INFO):
+        assert run_script(build_train, argv) == 0
+
+    passages = [text for text in seen if not text.startswith("query")]
+    assert len(passages) == len(set(passages)) == count + shared  # each distinct passage tokenised once
+    assert f"{count * 6} passage slots, {count + shared} passages tokenised" in caplog.text
+    pid_of = {ids_json(tokenise(None, [text], 128)[0]): pid for pid, text in texts.items()}
+    lines = [json.loads(line) for line in (small / "out" / "split00.jsonl").read_text().splitlines()]
+    assert len(lines) == count
+    for i, line in enumerate(lines):
+        assert [pid_of[ids_json(p)] for p in line["positives"]] == [str(i)]
+        assert sorted(pid_of[ids_json(n)] for n in line["negatives"]) == sorted(candidates[i])
+
+
 @pytest.mark.parametrize(
     "lines",
     [

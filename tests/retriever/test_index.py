@@ -131,6 +131,11 @@ def test_blocks_are_the_stored_rows_across_shards(tmp_path, monkeypatch, dtype, 
     write_index(str(tmp_path / "idx"), [f"p{i}" for i in range(N)], vectors, shard_size=13, dtype=dtype)
     index = index_module.EmbeddingIndex(tmp_path / "idx")
     expected = vectors.astype(dtype).astype(np.float32)
+
+    def no_memory_map(*args, **kwargs):  # mapped pages stay resident: the blocks must be read, not mapped
+        raise AssertionError("iter_blocks mapped a shard")
+
+    monkeypatch.setattr(np, "memmap", no_memory_map)
     seen = []
     for offset, block in index.iter_blocks(block_rows, first=3, last=N - 2):
         assert block.dtype == np.float32 and len(block) <= block_rows

@@ -128,3 +128,20 @@ def test_shard_writer_order_early_rows_and_resume(tmp_path, monkeypatch):
     writer.add(np.array([1]), ["p1"], embeddings[:1])
     with pytest.raises(RuntimeError, match="encoded twice"):
         writer.add(np.array([1]), ["p1"], embeddings[:1])
+
+
+def test_the_memory_check_counts_every_process_of_this_machine(tmp_path, monkeypatch):
+    """Under a launcher each process of the machine holds a shard of its own: 4 processes of shards that each
+    fit alone do not fit together, and the size named fits all of them (per process, times the world size)."""
+    from openmatch.errors import ResourceError
+
+    corpus = tmp_path / "corpus.tsv"
+    corpus.write_text("".join(f"d{i}\tt\ttext\n" for i in range(800)))
+    row_bytes = 16 * 4 + builder._ROW_OVERHEAD_BYTES
+    monkeypatch.setattr(builder, "available_memory", lambda: 300 * row_bytes)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    builder.check_shard_fits_memory(str(corpus), 16, "float32", 200, world_size=4)  # one shard of 200 rows fits
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    with pytest.raises(ResourceError, match=r"4 processes on this machine.*--max_inmem_docs 148 or less"):
+        builder.check_shard_fits_memory(str(corpus), 16, "float32", 200, world_size=4)
+    builder.check_shard_fits_memory(str(corpus), 16, "float32", 148 // 4, world_size=4)  # the size named fits
