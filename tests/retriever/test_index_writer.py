@@ -145,3 +145,30 @@ def test_the_memory_check_counts_every_process_of_this_machine(tmp_path, monkeyp
     with pytest.raises(ResourceError, match=r"4 processes on this machine.*--max_inmem_docs 148 or less"):
         builder.check_shard_fits_memory(str(corpus), 16, "float32", 200, world_size=4)
     builder.check_shard_fits_memory(str(corpus), 16, "float32", 148 // 4, world_size=4)  # the size named fits
+
+
+def test_the_memory_check_counts_the_rows_a_shard_really_holds(tmp_path, monkeypatch):
+    """A shard holds at most its rank's share of the corpus: OpenMatch's default of 10M passages per shard on a
+    small corpus is a small shard, not one refused for the 10M rows (31 GB at 768 dimensions) it would never
+    hold; and each process of this machine (LOCAL_WORLD_SIZE) holds a shard of its own."""
+    from openmatch.errors import ResourceError
+
+    corpus = tmp_path / "corpus.tsv"
+    corpus.write_text("".join(f"d{i}\ttext {i}\n" for i in range(1000)))
+    row = 768 * 4 + builder._ROW_OVERHEAD_BYTES
+    monkeypatch.setattr(builder, "available_memory", lambda: 1000 * row)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    builder.check_shard_fits_memory(str(corpus), 768, "float32", 10_000_000, 1)  # 1,000 rows fit exactly
+    with pytest.raises(ResourceError, match=r"shards of 1,000 passages .* --max_inmem_docs 499 or less"):
+        monkeypatch.setattr(builder, "available_memory", lambda: 999 * row)
+        builder.check_shard_fits_memory(str(corpus), 768, "float32", 10_000_000, 1)
+    monkeypatch.setattr(builder, "available_memory", lambda: 1000 * row)
+    builder.check_shard_fits_memory(str(corpus), 768, "float32", 5_000_000, 2)  # two ranks of 500 rows, two nodes
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    builder.check_shard_fits_memory(str(corpus), 768, "float32", 5_000_000, 2)  # both on this machine: 1,000 rows
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setattr(builder, "available_memory", lambda: 999 * row)
+    builder.check_shard_fits_memory(str(corpus), 768, "float16", 10_000_000, 4)  # 4 x 250 float16 rows fit
+    with pytest.raises(ResourceError, match=r"shards of 250 passages .*\(4 processes on this machine, one shard each\)"
+                       r".* --max_inmem_docs 496 or less"):
+        builder.check_shard_fits_memory(str(corpus), 768, "float32", 10_000_000, 4)
