@@ -1,4 +1,4 @@
-"""Writing the run of a large query set: the search's hits as Python objects all at once, or a chunk at a time.
+"""Writing the run of a large query set: the search's hits as Python objects all at once, or a query at a time.
 
 The recipe's hard-negative step retrieves every train query: MS MARCO's 502,939 at depth 200 are 100M hits.
 The search itself keeps them as two arrays (12 bytes a hit); what costs memory is turning them into
@@ -6,12 +6,13 @@ The search itself keeps them as two arrays (12 bytes a hit); what costs memory i
 
 - **all at once** (the naive reference, what ``search_index`` did before it returned a lazy mapping): every
   hit's id looked up, every row made a list of tuples, the whole dict built, then written;
-- **chunked** (``SearchResults``, what ``retrieve`` does now): the run written from the mapping, which turns
-  ``HITS_PER_CHUNK`` hits into objects at a time.
+- **per_query** (``SearchResults``, what ``retrieve`` does now): the run written from the mapping, which
+  turns one query's hits into objects when it is read, with the index's id table.
 
 Each runs in a fresh process, measured by its peak RSS (``VmHWM``) and wall time; both runs must be identical
 (compared by SHA-256). The index holds only ids (8,841,823 passages of dimension 1: searching is not measured
-here, see bench_large_index.py) and the hits are random rows with sorted random scores, from ``--seed``.
+here, see bench_large_index.py) and the hits are random distinct rows per query with sorted random scores,
+from ``--seed``.
 
     python benchmarks/bench_run_memory.py --work_dir /work/run-memory --queries 502939 --depth 200
 """
@@ -32,12 +33,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-MODES = ("all_at_once", "chunked")
+MODES = ("all_at_once", "per_query")
 
 
 def hits(n_queries: int, depth: int, n_passages: int, seed: int) -> tuple[list[str], np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    rows = rng.integers(0, n_passages, size=(n_queries, depth), dtype=np.int64)
+    # Distinct within a query (a run lists a passage once per query): one random start per query plus
+    # offsets drawn without replacement.
+    offsets = rng.choice(n_passages, size=min(depth, n_passages), replace=False)
+    rows = (rng.integers(0, n_passages, size=(n_queries, 1), dtype=np.int64) + offsets[None, :]) % n_passages
     scores = -np.sort(-rng.random((n_queries, depth), dtype=np.float32), axis=1)
     return [str(1_000_000 + i) for i in range(n_queries)], scores, rows
 

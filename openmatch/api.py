@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -134,8 +134,9 @@ def search(
     query_ids: Sequence[str],
     depth: int = 100,
     **options,
-) -> dict[str, list[tuple[str, float]]]:
-    """``{qid: [(pid, score), ...]}`` best first (see :class:`openmatch.retriever.SearchOptions`).
+) -> Mapping[str, list[tuple[str, float]]]:
+    """``{qid: [(pid, score), ...]}`` best first (see :class:`openmatch.retriever.SearchOptions`), as
+    :func:`retrieve` returns it: a read-only mapping whose ``recall`` holds the ``check_recall`` report.
 
     The embeddings are taken as they are: only their dimension is checked against the index. To have the
     query encoder checked against the index's model, let :func:`retrieve` encode the queries. An approximate
@@ -156,7 +157,7 @@ def retrieve(
     *,
     options: Optional[SearchOptions] = None,
     **fields,
-) -> dict[str, list[tuple[str, float]]]:
+) -> Mapping[str, list[tuple[str, float]]]:
     """Encode the queries of a TSV/JSONL file with ``model`` and search the index: ``{qid: [(pid, score), ...]}``.
 
     Options are :class:`openmatch.retriever.SearchOptions` fields as keywords (``depth``, ``faiss_index``, ...,

@@ -253,7 +253,8 @@ def test_run_memory_benchmark_writes_the_same_run_both_ways(tmp_path):
                          env=ENV, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["identical"] and [row["mode"] for row in report["rows"]] == ["all_at_once", "chunked"]
+    assert report["identical"] and [row["mode"] for row in report["rows"]] == ["all_at_once", "per_query"]
     assert all(row["lines"] == 30 * 7 and row["peak_rss_mb"] > 0 for row in report["rows"])
-    lines = (tmp_path / "run.chunked.trec").read_text().splitlines()
+    lines = (tmp_path / "run.per_query.trec").read_text().splitlines()
     assert len(lines) == 210 and lines[0].split()[:2] == ["1000000", "Q0"] and lines[-1].split()[3] == "7"
+    assert len({tuple(line.split()[:3:2]) for line in lines}) == 210  # a passage once per query

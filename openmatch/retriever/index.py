@@ -581,6 +581,7 @@ class EmbeddingIndex:
         self.total = int(self.manifest["total"])
         self.shards = self.manifest["shards"]
         self.offsets = np.cumsum([0] + [s["count"] for s in self.shards])
+        self._id_table: Optional[np.ndarray] = None
 
     def embeddings(self, shard: dict) -> np.ndarray:
         path = os.path.join(self.index_dir, shard["embeddings"])
@@ -651,6 +652,29 @@ class EmbeddingIndex:
                 names[lo:hi] = self._read_ids(shard, targets[lo:hi] - offset)
         out.reshape(-1)[order] = names
         return out
+
+    def id_table(self) -> np.ndarray:
+        """Every row's id as one numpy string array (row order), read once and kept.
+
+        ASCII ids (MS MARCO's) are stored as bytes, one byte a character (62 MB for 8.8M ids of up to 7
+        digits), others as unicode; ``id_table()[rows].astype(str)`` gives them as Python strings. For many
+        lookups in any order (:class:`~openmatch.retriever.search.SearchResults`); :meth:`ids_of` reads only
+        the ids asked for.
+        """
+        if self._id_table is None:
+            parts = []
+            for shard in self.shards:
+                path = os.path.join(self.index_dir, shard["ids"])
+                with open(path, "rb") as handle:
+                    data = handle.read()
+                lines = data.split(b"\n") if data.isascii() else data.decode("utf-8").split("\n")
+                if lines and not lines[-1]:
+                    lines.pop()
+                if len(lines) != shard["count"]:
+                    raise IndexFolderError(f"{path}: holds {len(lines)} ids, the manifest says {shard['count']}")
+                parts.append(np.array(lines) if lines else np.empty(0, dtype="S1"))
+            self._id_table = np.concatenate(parts) if parts else np.empty(0, dtype="S1")
+        return self._id_table
 
     def _read_ids(self, shard: dict, local: np.ndarray) -> list[str]:
         """The ids at the ascending row numbers ``local`` of one shard."""

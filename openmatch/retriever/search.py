@@ -399,22 +399,18 @@ class SearchResults(Mapping):
     """``{qid: [(pid, score), ...]}`` best first, in query order, and ``recall``: :func:`measure_recall`'s report
     when ``check_recall`` asked for one, else None.
 
-    A read-only mapping over the search's arrays (12 bytes a hit): a query's hits become Python objects (about
-    110 bytes a hit) only when read, a chunk of about ``HITS_PER_CHUNK`` hits at a time, each chunk's passage
-    ids read from the index's id files in one pass. So writing the run of MS MARCO's 502,939 train queries at
-    depth 200 holds 1.2 GB of arrays and one chunk, not 100M tuples (11 GB). Reading in query order (``items()``,
-    ``for qid in results``) converts each chunk once; ``dict(results)`` makes a plain dict.
+    A read-only mapping over the search's arrays (12 bytes a hit): a query's hits become Python objects only
+    when it is read, as a new list each time, in any order, from the index's id table
+    (:meth:`EmbeddingIndex.id_table`, about 7 bytes a passage for MS MARCO's ids). So writing the run of MS
+    MARCO's 502,939 train queries at depth 200 holds 1.2 GB of arrays and one query's tuples, not 100M
+    tuples (about 11 GB). ``dict(results)`` makes a plain dict (for ``json.dumps`` or to edit it).
     """
-
-    HITS_PER_CHUNK = 1 << 22
 
     def __init__(self, index: EmbeddingIndex, query_ids: Sequence[str], scores: np.ndarray, idx: np.ndarray,
                  recall: Optional[dict] = None):
         self.index, self.query_ids = index, list(query_ids)
         self.scores, self.idx, self.recall = scores, idx, recall
         self._row: Optional[dict[str, int]] = None
-        self._chunk_rows = max(1, self.HITS_PER_CHUNK // max(1, idx.shape[1] if idx.ndim == 2 else 1))
-        self._cached: tuple[int, list] = (-1, [])
 
     def __len__(self) -> int:
         return len(self.query_ids)
@@ -427,10 +423,11 @@ class SearchResults(Mapping):
 
     def __getitem__(self, qid: str) -> list[tuple[str, float]]:
         row = self._rows()[qid]  # KeyError for an unknown query, as a dict
-        chunk = row // self._chunk_rows
-        if self._cached[0] != chunk:
-            self._cached = (chunk, self._convert(chunk * self._chunk_rows, (chunk + 1) * self._chunk_rows))
-        return self._cached[1][row - chunk * self._chunk_rows]
+        found = self.idx[row]
+        # Missing hits (-1: an approximate index found fewer) are left out, wherever they are.
+        keep = found >= 0
+        names = self.index.id_table()[found[keep]].astype(str).tolist()
+        return list(zip(names, self.scores[row][keep].tolist()))
 
     def __repr__(self) -> str:
         return f"SearchResults({len(self)} queries, depth {self.idx.shape[1] if self.idx.ndim == 2 else 0})"
@@ -439,17 +436,6 @@ class SearchResults(Mapping):
         if self._row is None:
             self._row = {qid: row for row, qid in enumerate(self.query_ids)}
         return self._row
-
-    def _convert(self, first: int, last: int) -> list[list[tuple[str, float]]]:
-        idx = self.idx[first:last]
-        names = self.index.ids_of(idx).tolist()
-        score_rows = self.scores[first:last].tolist()
-        valid = idx >= 0
-        # Missing hits sort last in both search paths, so a row's hits are a prefix; checked, not assumed.
-        counts = valid.sum(axis=1)
-        if not valid.size or valid[np.arange(valid.shape[1]) < counts[:, None]].all():
-            return [list(zip(n[:c], s[:c])) for n, s, c in zip(names, score_rows, counts.tolist())]
-        return [[(n, s) for n, s, v in zip(rn, rs, rv) if v] for rn, rs, rv in zip(names, score_rows, valid.tolist())]
 
 
 def measure_recall(

@@ -321,10 +321,10 @@ def test_ranks_shares_merged_equal_one_search_on_the_blas_path(tmp_path, monkeyp
     np.testing.assert_array_equal(scores, whole_scores)
 
 
-def test_results_become_objects_a_chunk_at_a_time(data, tmp_path, monkeypatch):
-    """search_index's mapping holds the arrays and converts a chunk of queries when read: read in order, each
-    chunk's ids are looked up once; read in any order, every query's hits are the arrays' rows with their ids;
-    missing hits (-1) are left out; it compares equal to the plain dict."""
+def test_results_become_objects_when_read(data, tmp_path, monkeypatch):
+    """search_index's mapping holds the arrays and converts a query's hits when it is read, in any order, from
+    the id table read once; each read is a new list; missing hits (-1) are left out; it compares equal to the
+    plain dict."""
     ids, passages, queries = data
     write_index(str(tmp_path / "idx"), ids, passages, shard_size=300)
     index = EmbeddingIndex(tmp_path / "idx")
@@ -333,17 +333,19 @@ def test_results_become_objects_a_chunk_at_a_time(data, tmp_path, monkeypatch):
     scores, rows = search_embeddings(index, queries, SearchOptions(depth=depth))
     expected = {q: [(ids[r], s) for r, s in zip(rows[i].tolist(), scores[i].tolist())] for i, q in enumerate(qids)}
 
-    monkeypatch.setattr(search_mod.SearchResults, "HITS_PER_CHUNK", 4 * depth)  # 4 queries a chunk
-    lookups = []
-    real = EmbeddingIndex.ids_of
-    monkeypatch.setattr(EmbeddingIndex, "ids_of", lambda self, idx: lookups.append(len(idx)) or real(self, idx))
+    reads = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: reads.append(str(path)) or real_open(path, *a, **k))
     results = api.search(tmp_path / "idx", queries, qids, depth=depth)
-    assert lookups == [] and len(results) == len(qids) and list(results) == qids
-    assert list(results.items()) == list(expected.items())
-    assert lookups == [4] * 9 + [1]  # 37 queries: 10 chunks, each looked up once
-    for qid in reversed(qids):  # any order
+    id_reads = lambda: [r for r in reads if "/ids.rank" in r]  # noqa: E731
+    assert id_reads() == [] and len(results) == len(qids) and list(results) == qids
+    for qid in [*reversed(qids), *qids[::3]]:  # any order
         assert results[qid] == expected[qid]
+    assert list(results.items()) == list(expected.items())
+    assert sorted(id_reads()) == sorted(str(tmp_path / "idx" / f"ids.rank0.shard{k}.txt") for k in range(4))  # once
     assert results == expected and dict(results) == expected and "q3" in results and "nope" not in results
+    results["q1"].append(("p9", 0.0))  # a read is the caller's list: the mapping does not change
+    assert results["q1"] == expected["q1"]
     with pytest.raises(KeyError):
         results["nope"]
 
@@ -355,3 +357,14 @@ def test_results_become_objects_a_chunk_at_a_time(data, tmp_path, monkeypatch):
     assert partial["q5"] == [expected["q5"][0], *expected["q5"][2:]]
     with pytest.raises(ValueError, match="unique"):
         api.search(tmp_path / "idx", queries[:2], ["q0", "q0"], depth=depth)
+
+
+def test_id_table_keeps_ascii_and_other_ids(tmp_path):
+    """ASCII ids are kept as bytes, others as unicode, in one table of the rows' ids in order."""
+    ids = ["p0", "p1", "é2", "p3", "ü4", "long-id-" + "x" * 40]
+    write_index(str(tmp_path / "idx"), ids, np.eye(6, dtype=np.float32), shard_size=2)  # shard 0 ASCII only
+    table = EmbeddingIndex(tmp_path / "idx").id_table()
+    assert table.astype(str).tolist() == ids
+    results = search_mod.SearchResults(EmbeddingIndex(tmp_path / "idx"), ["q"], np.array([[3.0, 2.0, 1.0]], np.float32),
+                                       np.array([[5, 2, 0]]))
+    assert results["q"] == [(ids[5], 3.0), ("é2", 2.0), ("p0", 1.0)]
