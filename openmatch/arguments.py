@@ -351,7 +351,12 @@ def parse_args(dataclass_types: Sequence[type], args: Optional[Sequence[str]] = 
         with open(path, encoding="utf-8") as handle:
             given = frozenset(json.load(handle))
     else:
-        outputs = parser.parse_args_into_dataclasses(args=argv)
+        *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+        outputs = tuple(parsed)
+        if unknown:
+            flags = [arg.split("=", 1)[0] for arg in unknown if arg.startswith("-")] or unknown
+            raise UsageError(f"{', '.join(flags)}: not {'a flag' if len(flags) == 1 else 'flags'} of this command "
+                             f"(its flags: --help); got {' '.join(unknown)}")
         given = _given_fields(parser, argv)
     for output in outputs:
         if isinstance(output, ModelArguments):

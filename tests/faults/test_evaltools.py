@@ -42,8 +42,8 @@ BM25_BAD_INPUT = {
     "zero_depth": (lambda a, tmp: _set(a, "--retrieve_depth", "0"), ["--retrieve_depth"]),
     "run_id_with_space": (lambda a, tmp: [*a, "--run_id", "my run"], ["--run_id"]),
     # Training and tokenizer flags are not bm25's: accepted and ignored, they would look as if they did something.
-    "training_flag": (lambda a, tmp: [*a, "--train_n_passages", "4"], ["--train_n_passages"]),
-    "length_flag": (lambda a, tmp: [*a, "--p_max_len", "64"], ["--p_max_len"]),
+    "training_flag": (lambda a, tmp: [*a, "--train_n_passages", "4"], ["--train_n_passages: not a flag of this command"]),
+    "length_flag": (lambda a, tmp: [*a, "--p_max_len=64"], ["--p_max_len: not a flag of this command"]),
     "duplicate_passage_id": (
         lambda a, tmp: _set(a, "--corpus_path", write_lines(tmp / "dup.tsv", ["d1\tt\tone", "d2\tt\ttwo", "d1\tt\tthree"])),
         ["dup.tsv:3", "'d1'", "line 1"],
