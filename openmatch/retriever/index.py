@@ -563,10 +563,15 @@ def check_compatible(model, manifest: dict, index_dir: str, allow_mismatch: bool
     if allow_mismatch:
         return
     config = model.config.encoding_json() if hasattr(model.config, "encoding_json") else {}
-    if config != built.get("config", config) or not fingerprint_matches(model, built["fingerprint"]):
+    settings = _differences(built.get("config", config), config)
+    if settings or not fingerprint_matches(model, built["fingerprint"]):
+        # The same weights with other encoding settings (--pooling, --normalize, ...) is the usual mistake:
+        # name them (index -> query encoder), since the paths may well be the same.
+        what = f"its encoding settings differ ({'; '.join(settings)})" if settings else "its weights differ"
         raise InputError(
             f"the query encoder is not the model that built the index in {index_dir} (built with "
-            f"{built['path'] or 'another model'}); rebuild the index or pass --allow_model_mismatch"
+            f"{built['path'] or 'another model'}): {what}; use the index's settings, rebuild the index or pass "
+            "--allow_model_mismatch"
         )
 
 

@@ -286,7 +286,17 @@ def test_query_encoder_differing_beyond_the_first_weights(tiny_bert, built_index
     argv = retrieve_argv(built_index, tmp_path / "run.trec")
     argv[argv.index("--model_name_or_path") + 1] = model
     outcome = run_command("retrieve", argv, capfd)
-    assert_user_error(outcome, "is not the model that built the index", str(built_index))
+    assert_user_error(outcome, "is not the model that built the index", str(built_index), "its weights differ")
+    assert not (tmp_path / "run.trec").exists()
+
+
+def test_query_encoder_with_other_settings_names_them(built_index, retrieve_argv, tmp_path, capfd):
+    """The same model folder with other encoding flags than the index's (the usual mistake: the paths are the
+    same) is refused naming each setting, the index's value first."""
+    outcome = run_command("retrieve", retrieve_argv(built_index, tmp_path / "run.trec", "--pooling", "mean",
+                                                    "--normalize"), capfd)
+    assert_user_error(outcome, "is not the model that built the index", "encoding settings differ",
+                      "pooling: 'first' -> 'mean'", "normalize: False -> True")
     assert not (tmp_path / "run.trec").exists()
 
 
