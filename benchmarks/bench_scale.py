@@ -506,7 +506,11 @@ def report(paths: list[str]) -> int:
     """The table and growth fits of rows measured by earlier runs (one run per f keeps each run short)."""
     rows = []
     for path in paths:
-        rows += [Row(**row) for row in json.loads(Path(path).read_text())["rows"]]
+        try:
+            rows += [Row(**row) for row in json.loads(Path(path).read_text())["rows"]]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            print(f"error: --report {path}: not a bench_scale --json file ({type(err).__name__}: {err})", file=sys.stderr)
+            return 2
     rows.sort(key=lambda r: (r.f, STAGES.index(r.stage)))
     print(format_table(rows, fit(rows)))
     return 0
