@@ -29,10 +29,12 @@ from .index import (
     IndexFolderError,
     IndexSpec,
     file_fingerprint,
+    first_repeated_id,
     index_files,
     load_manifest,
     manifest_shards,
     prepare_output_dir,
+    read_id_table,
     read_shard_meta,
     remove_manifest,
     remove_shards,
@@ -445,17 +447,14 @@ def _finalize(out: str, spec: IndexSpec, options: BuildOptions, world_size: int,
     total = sum(meta["count"] for meta in shards)
     if total == 0:
         raise no_records(options.corpus_path)
-    seen: set[str] = set()
-    for meta in shards:
-        with open(os.path.join(out, meta["ids"]), encoding="utf-8") as handle:
-            for line in handle:
-                rid = line.rstrip("\n")
-                if rid in seen:
-                    err = find_duplicate(options.corpus_path, options.column_names, rid)
-                    for name in index_files(out):  # an index with a repeated id is unusable
-                        os.unlink(os.path.join(out, name))
-                    raise err
-                seen.add(rid)
+    # Repeats are found in a sorted table of the ids (bytes for ASCII ids: 7 bytes a passage for MS MARCO), not
+    # a set of 8.8M Python strings.
+    repeated = first_repeated_id(read_id_table(out, shards))
+    if repeated is not None:
+        err = find_duplicate(options.corpus_path, options.column_names, repeated)
+        for name in index_files(out):  # an index with a repeated id is unusable
+            os.unlink(os.path.join(out, name))
+        raise err
     manifest = write_manifest(out, spec, shards, options.extra_manifest)
     logger.info("index complete: %d passages, dim %d, %d shard(s) in %s", total, spec.dim, len(shards), out)
     return manifest

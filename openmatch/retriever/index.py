@@ -575,6 +575,36 @@ def check_compatible(model, manifest: dict, index_dir: str, allow_mismatch: bool
         )
 
 
+def read_id_table(folder: str, shards: list[dict]) -> np.ndarray:
+    """The ids of ``shards`` (shard records, in order) as one numpy string array, without a Python object per id.
+
+    ASCII ids are kept as bytes (one byte a character), others as unicode; each shard's id file is read whole,
+    one at a time, and its line count checked against its record.
+    """
+    parts = []
+    for shard in shards:
+        path = os.path.join(folder, shard["ids"])
+        with open(path, "rb") as handle:
+            data = handle.read()
+        lines = data.split(b"\n") if data.isascii() else data.decode("utf-8").split("\n")
+        if lines and not lines[-1]:
+            lines.pop()
+        if len(lines) != shard["count"]:
+            raise IndexFolderError(f"{path}: holds {len(lines)} ids, the manifest says {shard['count']}")
+        parts.append(np.array(lines) if lines else np.empty(0, dtype="S1"))
+        del data, lines
+    return np.concatenate(parts) if parts else np.empty(0, dtype="S1")
+
+
+def first_repeated_id(table: np.ndarray) -> Optional[str]:
+    """An id that occurs twice in an id table (:func:`read_id_table`), or None: found by sorting the table."""
+    if len(table) < 2:
+        return None
+    ordered = np.sort(table)
+    repeats = np.flatnonzero(ordered[1:] == ordered[:-1])
+    return None if not len(repeats) else str(ordered[repeats[0]].decode() if ordered.dtype.kind == "S" else ordered[repeats[0]])
+
+
 class EmbeddingIndex:
     """Read access to a complete index folder (the layout in this module's docstring)."""
 
@@ -667,18 +697,7 @@ class EmbeddingIndex:
         the ids asked for.
         """
         if self._id_table is None:
-            parts = []
-            for shard in self.shards:
-                path = os.path.join(self.index_dir, shard["ids"])
-                with open(path, "rb") as handle:
-                    data = handle.read()
-                lines = data.split(b"\n") if data.isascii() else data.decode("utf-8").split("\n")
-                if lines and not lines[-1]:
-                    lines.pop()
-                if len(lines) != shard["count"]:
-                    raise IndexFolderError(f"{path}: holds {len(lines)} ids, the manifest says {shard['count']}")
-                parts.append(np.array(lines) if lines else np.empty(0, dtype="S1"))
-            self._id_table = np.concatenate(parts) if parts else np.empty(0, dtype="S1")
+            self._id_table = read_id_table(self.index_dir, self.shards)
         return self._id_table
 
     def _read_ids(self, shard: dict, local: np.ndarray) -> list[str]:

@@ -150,3 +150,21 @@ def test_a_shard_cut_short_after_the_check_is_an_error_naming_it(folder):
     os.truncate(path, os.path.getsize(path) - DIM * 4)
     with pytest.raises(IndexFolderError, match=r"embeddings\.rank0\.shard1\.npy: ends before"):
         list(index.iter_blocks(16))
+
+
+@pytest.mark.parametrize("ids,repeated", [
+    (["a", "b", "c", "d"], None),
+    (["a", "b", "c", "a"], "a"),  # across shards
+    (["é", "b", "x", "é"], "é"),  # unicode shard
+    (["p1", "é", "p10", "p1"], "p1"),  # a bytes shard and a unicode shard in one table
+    (["a", "a "], None),  # trailing white space is part of an id
+])
+def test_id_table_and_its_repeats(tmp_path, ids, repeated):
+    (tmp_path / "ids.0.txt").write_text("".join(f"{i}\n" for i in ids[:2]), encoding="utf-8")
+    (tmp_path / "ids.1.txt").write_text("".join(f"{i}\n" for i in ids[2:]), encoding="utf-8")
+    shards = [{"ids": "ids.0.txt", "count": 2}, {"ids": "ids.1.txt", "count": len(ids) - 2}]
+    table = index_module.read_id_table(str(tmp_path), shards)
+    assert table.astype(str).tolist() == ids
+    assert index_module.first_repeated_id(table) == repeated
+    with pytest.raises(IndexFolderError, match=r"ids.1.txt: holds \d ids, the manifest says 9"):
+        index_module.read_id_table(str(tmp_path), [shards[0], {"ids": "ids.1.txt", "count": 9}])
