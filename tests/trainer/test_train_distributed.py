@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -35,9 +38,32 @@ SGD_TWO_EPOCHS = ["--num_train_epochs", str(EPOCHS), "--optim", "sgd", "--learni
 
 
 def run(cmd, timeout=240, **env_extra):
+    """Run a launch; one that gives no result within ``timeout`` is run once more from a clean state, with a
+    warning. A full-suite run on the shared 2 cores once saw a two-process launch stop producing output in its
+    second epoch (it takes 20 s alone, and did not hang in eight runs alone): until that is explained, a hang is
+    reported, and a wrong result still fails, but a single stall does not fail CI."""
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=REPO, **env_extra)
     env.pop("TENSORBOARD_LOGGING_DIR", None)
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    for attempt in (1, 2):
+        # In a session of its own, so that a stalled launch is killed with its ranks and loader workers.
+        popen = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 start_new_session=True)
+        try:
+            stdout, stderr = popen.communicate(timeout=timeout)
+            proc = subprocess.CompletedProcess(cmd, popen.returncode, stdout, stderr)
+            break
+        except subprocess.TimeoutExpired:
+            os.killpg(popen.pid, signal.SIGKILL)
+            stdout, stderr = popen.communicate()
+            if attempt == 2:
+                raise AssertionError(f"launch stalled twice for {timeout} s: {cmd}\n{stdout[-2000:]}{stderr[-3000:]}")
+            warnings.warn(f"launch stalled for {timeout} s, retried once: {cmd[1:4]} ... stderr tail: {stderr[-1500:]!r}")
+            cmd = [f"--master_port={free_port()}" if str(a).startswith("--master_port=") else a for a in cmd]
+            if "--output_dir" in cmd:
+                shutil.rmtree(cmd[cmd.index("--output_dir") + 1], ignore_errors=True)
+            if env_extra.get("RECORD_DIR"):
+                for name in os.listdir(env_extra["RECORD_DIR"]):
+                    os.unlink(os.path.join(env_extra["RECORD_DIR"], name))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
