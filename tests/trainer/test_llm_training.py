@@ -13,11 +13,12 @@ import torch
 from safetensors.torch import load_file
 
 from openmatch.arguments import DataArguments, DRTrainingArguments, ModelArguments, parse_args
-from openmatch.driver.train_dr import build_trainer, resolve_resume
+from openmatch.driver.train_dr import resolve_resume
 from openmatch.modeling import DRModel
 from tests import free_port
 from tests.trainer.test_train_distributed import run
-from tests.trainer.test_trainer import StopAt, arg_list, grads, make_trainer, step_losses, write_synthetic_task
+from tests.trainer.test_trainer import (StopAt, arg_list, grads, make_trainer, step_both, step_losses,
+                                        write_synthetic_task)
 
 LLM = ["--pooling", "last", "--normalize", "--lora", "--query_prefix", "query:", "--passage_prefix", "passage:"]
 SHARP = ["--temperature", "0.05"]  # normalised embeddings learn at a low temperature
@@ -94,13 +95,7 @@ def test_grad_cache_gives_the_plain_lora_step_gradients(tiny_qwen2, qwen_task, t
             if "lora_B" in name:
                 param.normal_(0, 0.5)
     cached.model.load_state_dict(plain.model.state_dict())
-    batch = plain.data_collator([plain.train_dataset[i] for i in range(8)])
-    for trainer in (plain, cached):
-        trainer.current_gradient_accumulation_steps = 1
-        trainer.model.zero_grad()
-    loss_plain = plain.training_step(plain.model, batch)
-    loss_cached = cached.training_step(cached.model, batch)
-    assert loss_cached.item() == pytest.approx(loss_plain.item(), rel=1e-5)
+    step_both(plain, cached)
     want, got = adapter_grads(plain.model), adapter_grads(cached.model)
     assert got.keys() == want.keys() and any("lora_A" in name for name in want)
     for name in want:  # chunked float32 sums differ from the whole-batch ones in the last bits

@@ -145,6 +145,18 @@ def test_loss_and_gradients_through_trainer_match_manual_encodings(tmp_path, tin
         torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6)
 
 
+def step_both(plain, cached, n: int = 8) -> None:
+    """One training step of each trainer on the same first ``n`` examples, from zeroed gradients; their
+    losses must agree (the gradients are the caller's to compare)."""
+    batch = plain.data_collator([plain.train_dataset[i] for i in range(n)])
+    for trainer in (plain, cached):
+        trainer.current_gradient_accumulation_steps = 1
+        trainer.model.zero_grad()
+    loss_plain = plain.training_step(plain.model, batch)
+    loss_cached = cached.training_step(cached.model, batch)
+    assert loss_cached.item() == pytest.approx(loss_plain.item(), rel=1e-5)
+
+
 @pytest.mark.parametrize("which, extra", [("bert", ["--untie_encoder", "--add_linear_head",
                                                     "--projection_in_dim", "32", "--projection_out_dim", "16"]),
                                           ("t5", [])])
@@ -156,13 +168,7 @@ def test_grad_cache_gives_the_plain_step_gradients(tmp_path, tiny_bert, tiny_t5,
     cached = make_trainer(tmp_path / "b", model_dir, train, *extra, "--grad_cache", "--gc_q_chunk_size", "3",
                           "--gc_p_chunk_size", "5")
     cached.model.load_state_dict(plain.model.state_dict())  # an untied model's towers are initialised randomly
-    batch = plain.data_collator([plain.train_dataset[i] for i in range(8)])
-    for trainer in (plain, cached):
-        trainer.current_gradient_accumulation_steps = 1
-        trainer.model.zero_grad()
-    loss_plain = plain.training_step(plain.model, batch)
-    loss_cached = cached.training_step(cached.model, batch)
-    assert loss_cached.item() == pytest.approx(loss_plain.item(), rel=1e-5)
+    step_both(plain, cached)
     want, got = grads(plain.model), grads(cached.model)
     assert got.keys() == want.keys()
     for name in want:  # chunked float32 sums differ from the whole-batch ones in the last bits
