@@ -15,7 +15,7 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass, field
-from typing import ClassVar, Optional, Sequence
+from typing import ClassVar, NoReturn, Optional, Sequence
 
 from transformers import HfArgumentParser, TrainingArguments
 
@@ -345,6 +345,7 @@ def parse_args(dataclass_types: Sequence[type], args: Optional[Sequence[str]] = 
     """
     argv = list(sys.argv[1:] if args is None else args)
     parser = HfArgumentParser(tuple(dataclass_types))
+    parser.error = _raise_usage_error
     if len(argv) == 1 and argv[0].endswith(".json"):
         path = os.path.abspath(argv[0])
         outputs = parser.parse_json_file(json_file=path)
@@ -362,6 +363,14 @@ def parse_args(dataclass_types: Sequence[type], args: Optional[Sequence[str]] = 
         if isinstance(output, ModelArguments):
             output.given_flags = given
     return outputs
+
+
+def _raise_usage_error(message: str) -> NoReturn:
+    """argparse's own complaints (a required flag missing, a value of the wrong type) as one error line.
+
+    argparse would print the usage block first: several hundred flags once the training arguments are in.
+    """
+    raise UsageError(f"{message} (its flags: --help)")
 
 
 def _given_fields(parser: argparse.ArgumentParser, argv: Sequence[str]) -> frozenset:

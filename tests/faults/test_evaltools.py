@@ -44,6 +44,9 @@ BM25_BAD_INPUT = {
     # Training and tokenizer flags are not bm25's: accepted and ignored, they would look as if they did something.
     "training_flag": (lambda a, tmp: [*a, "--train_n_passages", "4"], ["--train_n_passages: not a flag of this command"]),
     "length_flag": (lambda a, tmp: [*a, "--p_max_len=64"], ["--p_max_len: not a flag of this command"]),
+    # argparse's own errors: one line, not the usage block of every flag first.
+    "no_output_dir_flag": (lambda a, tmp: _set(a, "--output_dir", None), ["required: --output_dir", "--help"]),
+    "depth_not_a_number": (lambda a, tmp: _set(a, "--retrieve_depth", "ten"), ["--retrieve_depth", "invalid int value: 'ten'"]),
     "duplicate_passage_id": (
         lambda a, tmp: _set(a, "--corpus_path", write_lines(tmp / "dup.tsv", ["d1\tt\tone", "d2\tt\ttwo", "d1\tt\tthree"])),
         ["dup.tsv:3", "'d1'", "line 1"],
@@ -57,6 +60,7 @@ def test_bm25_refuses_bad_input_and_writes_nothing(case, collection, tmp_path, c
     out, run = tmp_path / "bm25", tmp_path / "run.trec"
     outcome = run_command("bm25", edit(bm25_argv(collection, out, run), tmp_path), capfd)
     assert_user_error(outcome, *needles)
+    assert "usage:" not in outcome.stderr
     assert files_under(out) == set() and not run.exists()
 
 
