@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_scale import machine, measure, minilm_path  # noqa: E402
+from openmatch.cli import existing_folder, folder_to_write  # noqa: E402
 
 MSMARCO_PASSAGES = 8_841_823
 MSMARCO_DEV_QUERIES = 6_980
@@ -139,7 +140,7 @@ def _dtypes(text: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work_dir", default="work_dir/large-index")
+    parser.add_argument("--work_dir", default="work_dir/large-index", type=folder_to_write)
     parser.add_argument("--passages", type=int, default=MSMARCO_PASSAGES)
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--layers", type=int, default=1, help="layers of the random query encoder")
@@ -148,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--queries", type=int, default=MSMARCO_DEV_QUERIES)
     parser.add_argument("--depth", type=int, default=100, help="retrieve depth (run_recipe.sh's)")
     parser.add_argument("--batch_size", type=int, default=256, help="query encoding batch size")
-    parser.add_argument("--tokenizer", default=minilm_path(), help="the query encoder's tokenizer (default MiniLM's)")
+    parser.add_argument("--tokenizer", default=minilm_path(), type=existing_folder, help="the query encoder's tokenizer (default MiniLM's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep every index folder (needs the disk for all)")
     parser.add_argument("--json", help="write the rows here")

@@ -64,6 +64,20 @@ def add_log_level_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def folder_to_write(value: str) -> str:
+    """argparse ``type=`` of a folder a command creates or reuses: refused at once if a file is in its place."""
+    if os.path.exists(value) and not os.path.isdir(value):
+        raise argparse.ArgumentTypeError(f"{value} is a file, not a folder")
+    return value
+
+
+def existing_folder(value: str) -> str:
+    """argparse ``type=`` of a folder a command reads (a tokenizer, a collection): it must be there."""
+    if not os.path.isdir(value):
+        raise argparse.ArgumentTypeError(f"{value}: no such folder")
+    return value
+
+
 def parse_args(dataclass_types: Sequence[type], argv: Optional[Sequence[str]] = None) -> tuple:
     """:func:`openmatch.arguments.parse_args` for a command: a ``ValueError`` while building the argument
     dataclasses (transformers' own ``TrainingArguments`` checks, a bad ``.json`` file) is the user's, so it

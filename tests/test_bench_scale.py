@@ -258,3 +258,22 @@ def test_run_memory_benchmark_writes_the_same_run_both_ways(tmp_path):
     lines = (tmp_path / "run.per_query.trec").read_text().splitlines()
     assert len(lines) == 210 and lines[0].split()[:2] == ["1000000", "Q0"] and lines[-1].split()[3] == "7"
     assert len({tuple(line.split()[:3:2]) for line in lines}) == 210  # a passage once per query
+
+
+@pytest.mark.parametrize("script, flag", [
+    ("make_synthetic_marco.py", "--output_dir"), ("bench_scale.py", "--work_dir"),
+    ("bench_run_memory.py", "--work_dir"), ("bench_large_index.py", "--work_dir"), ("bench_large_index.py", "--tokenizer"),
+])
+def test_a_bad_folder_argument_is_an_error_line_before_any_work(script, flag, tmp_path):
+    """A file where a benchmark's folder goes (or no tokenizer folder) is refused by argparse, not a traceback
+    after minutes of generating."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    given = {"--tokenizer": str(tmp_path / "no_tokenizer")}.get(flag, str(a_file))
+    extra = ["--work_dir", str(tmp_path / "work")] if flag == "--tokenizer" else []
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *extra, flag, given], env=ENV,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1].endswith(
+        f"error: argument {flag}: " + (f"{given}: no such folder" if flag == "--tokenizer" else f"{given} is a file, not a folder"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
