@@ -160,7 +160,10 @@ def build_index(
     )
     error = None
     try:
-        check_shard_fits_memory(corpus_path, spec.dim, options.dtype, shard_size, world_size)
+        # Counted once, without parsing: an upper bound of the records (every line might be one), for the
+        # memory check, the progress bar and the size of each rank's last shard.
+        corpus_lines = count_lines(corpus_path)
+        check_shard_fits_memory(corpus_path, spec.dim, options.dtype, shard_size, world_size, lines=corpus_lines)
     except ResourceError as err:
         error = err
     raise_unless_all_ok(error, "another rank has not the memory for one shard; see its log")
@@ -205,7 +208,8 @@ def build_index(
             logger.info("rank %d: %d complete shard(s) found in %s; skipping them", rank, len(done), out)
         if not _rank_complete(done, damaged, expected, shard_size):
             with precision.prepared(model) as runner:  # the caller's model is left as it was
-                _encode_rank(runner, tokenizer, options, precision, template, rank, world_size, shard_size, done)
+                _encode_rank(runner, tokenizer, options, precision, template, rank, world_size, shard_size, done,
+                             corpus_lines)
     except BaseException as err:
         error = err
     raise_unless_all_ok(error, "another rank failed while encoding; see its log")
@@ -233,15 +237,17 @@ def available_memory() -> int:
     return int(psutil.virtual_memory().available)
 
 
-def check_shard_fits_memory(corpus_path: str, dim: int, dtype: str, shard_size: int, world_size: int) -> None:
+def check_shard_fits_memory(corpus_path: str, dim: int, dtype: str, shard_size: int, world_size: int,
+                            lines: Optional[int] = None) -> None:
     """Refuse, before anything is encoded, a shard size whose shards cannot be held in this machine's memory.
 
     Each process holds the shard it is filling (``shard_size`` rows, fewer when its share of the corpus is
     smaller), and the processes of this machine (``LOCAL_WORLD_SIZE``) hold one each. OpenMatch's default of
     10,000,000 passages per shard is MS MARCO's 8.8M passages × 768 float32 in one 27 GB shard: a run that
     would be killed for memory hours into encoding gets this one line instead, with a size that fits.
+    ``lines``: the corpus's line count, when the caller has it (else it is counted here).
     """
-    rows = min(shard_size, -(-count_lines(corpus_path) // world_size))
+    rows = min(shard_size, -(-(count_lines(corpus_path) if lines is None else lines) // world_size))
     row_bytes = dim * np.dtype(dtype).itemsize + _ROW_OVERHEAD_BYTES
     local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     needed, available = rows * row_bytes * local, available_memory()
@@ -282,7 +288,8 @@ def _rank_complete(done: dict[int, dict], damaged: dict, expected: Optional[list
     return sorted(done) == list(range(last + 1)) and done[last]["count"] < shard_size
 
 
-def _encode_rank(model, tokenizer, options, precision, template, rank, world_size, shard_size, done) -> None:
+def _encode_rank(model, tokenizer, options, precision, template, rank, world_size, shard_size, done,
+                 corpus_lines: int) -> None:
     from tqdm.auto import tqdm
 
     skip = (lambda j: (j // shard_size) in done) if done else None
@@ -299,9 +306,7 @@ def _encode_rank(model, tokenizer, options, precision, template, rank, world_siz
         window_batches=options.window_batches,
     )
     loader = make_loader(dataset, options.num_workers, pin_memory=precision.device.type == "cuda")
-    # An upper bound of this rank's records (every line might be one), counted without parsing: for the
-    # progress bar and to size the last shard.
-    max_rows = -(-count_lines(options.corpus_path) // world_size)
+    max_rows = -(-corpus_lines // world_size)  # an upper bound of this rank's records
     estimate = max_rows - sum(meta["count"] for meta in done.values())
     bar = tqdm(
         total=max(estimate, 0),
