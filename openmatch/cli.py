@@ -64,6 +64,15 @@ def add_log_level_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` for the argparse commands: its own errors (a required flag missing, a value of
+    the wrong type, an unknown flag) are one ``error:`` line and exit status 2, as every other user error and
+    as the dataclass commands (:func:`openmatch.arguments.parse_args`), not the usage block first."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"error: {' '.join(message.split())} (its flags: --help)\n")
+
+
 def folder_to_write(value: str) -> str:
     """argparse ``type=`` of a folder a command creates or reuses: refused at once if a file is in its place."""
     if os.path.exists(value) and not os.path.isdir(value):

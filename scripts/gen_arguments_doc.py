@@ -240,7 +240,9 @@ def _major_minor() -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from openmatch.cli import ArgumentParser  # an argparse error is one line, as in the commands
+
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if the committed file differs")
     parser.add_argument("--output", default=str(DOC_PATH), help="where to write (default docs/arguments.md)")
     args = parser.parse_args(argv)

@@ -286,6 +286,8 @@ def scale_checkpoint(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    # argparse's own errors as one line, as openmatch's commands print them (this script runs without openmatch)
+    parser.error = lambda message: parser.exit(2, f"error: {message} (its flags: --help)\n")
     parser.add_argument("--input_model_path", required=True, help="Hugging Face T5 folder")
     parser.add_argument("--output_model_path", required=True, help="folder for the rescaled model")
     parser.add_argument(

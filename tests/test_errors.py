@@ -179,3 +179,32 @@ def test_console_entry_points_name_the_commands(monkeypatch):
     # The recipe's scripts run the same function as their console command.
     assert _load_script("build_train").main is importlib.import_module("openmatch.driver.build_train").main
     assert _load_script("build_hn").main is importlib.import_module("openmatch.driver.build_hn").main
+
+
+ARGPARSE_COMMANDS = ["build_hn", "build_train", "evaluate", "fuse", "bm25", "build_index", "retrieve", "train_dr"]
+
+
+@pytest.mark.parametrize("command", ARGPARSE_COMMANDS)
+@pytest.mark.parametrize("argv, needle", [
+    ([], "the following arguments are required"),
+    (["--log_level", "bogus"], "invalid choice: 'bogus'"),
+], ids=["required_flag_missing", "bad_choice"])
+def test_argparse_errors_are_one_line_in_every_command(command, argv, needle, capsys):
+    """argparse's own errors are the one ``error:`` line of any user error, in the argparse commands as in the
+    dataclass ones: no usage block first, no ``prog:`` prefix."""
+    main = importlib.import_module(f"openmatch.driver.{command}").main
+    assert run_cli(main, argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and needle in err and "--help" in err, err
+
+
+@pytest.mark.parametrize("script, argv", [
+    ("scripts/msmarco/make_sample.py", ["--output_dir", "x", "--passages", "many"]),
+    ("scripts/scale_t5_weights.py", []),
+    ("scripts/gen_arguments_doc.py", ["--no_such_flag"]),
+])
+def test_argparse_errors_are_one_line_in_the_scripts(script, argv):
+    proc = subprocess.run([sys.executable, str(REPO / script), *argv], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("error: "), proc.stderr

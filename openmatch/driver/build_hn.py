@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli import main_wrapper
+from ..cli import ArgumentParser, main_wrapper
 from ..errors import UsageError
 from ..negatives import CandidateFilter, IndexScorer, MiningOptions, add_mining_arguments, build_from_run
 from ..preprocessing import add_common_arguments, config_from_args
@@ -27,7 +27,7 @@ STATS_FILE = "build_hn.stats.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hn_file", required=True, help="TREC run: qid Q0 pid rank score run_id")
     add_mining_arguments(parser)
     parser.add_argument(

@@ -24,7 +24,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..cli import main_wrapper
+from ..cli import ArgumentParser, main_wrapper
 from ..dataset.qrels import load_qrels, relevant_ids
 from ..dataset.readers import count_lines
 from ..dataset.template import Template
@@ -48,7 +48,7 @@ STATS_FILE = "build_train.stats.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--negative_file", default=None,
                         help="qid<TAB>neg1,neg2,... (train.negatives.tsv); required with --negatives_from file")
     parser.add_argument("--negatives_from", choices=("file", "bm25"), default="file",

@@ -23,7 +23,7 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from ..cli import add_log_level_argument, main_wrapper
+from ..cli import ArgumentParser, add_log_level_argument, main_wrapper
 from ..dataset.qrels import load_qrels, load_run
 from ..errors import UsageError
 from ..evaluation.metrics import evaluate, mean_over_queries, parse_metrics
@@ -36,7 +36,7 @@ logger = logging.getLogger("openmatch.evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m openmatch.driver.evaluate", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--qrels", required=True, help="qrels: 'qid 0 pid rel', 'qid pid' or BEIR 'query-id corpus-id score'")

@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from ..cli import add_log_level_argument, main_wrapper
+from ..cli import ArgumentParser, add_log_level_argument, main_wrapper
 from ..dataset.qrels import load_run, write_trec_run
 from ..errors import UsageError
 from ..evaluation.fusion import NORMALIZATIONS, RRF_K, interpolate, reciprocal_rank_fusion
@@ -31,7 +31,7 @@ METHODS = ("rrf", "interpolation")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m openmatch.driver.fuse", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m openmatch.driver.fuse", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True, nargs="+", help="two or more TREC runs: 'qid Q0 pid rank score run_id'")
     parser.add_argument("--trec_save_path", required=True, help="where to write the fused TREC run")
     parser.add_argument("--method", default="rrf", choices=METHODS,

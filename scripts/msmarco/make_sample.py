@@ -74,6 +74,8 @@ def generate(output_dir: Path, passages: int, seed: int, negatives_per_query: in
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    # argparse's own errors as one line, as openmatch's commands print them (this script runs without openmatch)
+    parser.error = lambda message: parser.exit(2, f"error: {message} (its flags: --help)\n")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--passages", type=int, default=300, help="at most 300 (animals x places)")
     parser.add_argument("--seed", type=int, default=13)
