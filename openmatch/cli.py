@@ -74,9 +74,15 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def folder_to_write(value: str) -> str:
-    """argparse ``type=`` of a folder a command creates or reuses: refused at once if a file is in its place."""
+    """argparse ``type=`` of a folder a command creates or reuses: refused at once if a file is in its place,
+    or in the place of a folder above it (which creating it would need)."""
     if os.path.exists(value) and not os.path.isdir(value):
         raise argparse.ArgumentTypeError(f"{value} is a file, not a folder")
+    above = os.path.dirname(os.path.abspath(value))
+    while not os.path.exists(above) and os.path.dirname(above) != above:
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise argparse.ArgumentTypeError(f"{value}: {above} is a file, not a folder")
     return value
 
 

@@ -208,3 +208,17 @@ def test_argparse_errors_are_one_line_in_the_scripts(script, argv):
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.returncode == 2 and proc.stdout == "", proc.stderr
     assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("error: "), proc.stderr
+
+
+def test_folder_to_write_refuses_a_file_in_its_place_or_above_it(tmp_path):
+    import argparse
+
+    from openmatch.cli import folder_to_write
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for path, message in [(a_file, f"{a_file} is a file"), (a_file / "sub" / "dir", f"{a_file / 'sub' / 'dir'}: {a_file} is a file")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            folder_to_write(str(path))
+    for path in (tmp_path, tmp_path / "new" / "deeper"):  # a folder, or one that can be created
+        assert folder_to_write(str(path)) == str(path)
