@@ -13,11 +13,14 @@ import json
 import logging
 import os
 import sys
+import types
+import typing
 import warnings
 from dataclasses import dataclass, field
 from typing import ClassVar, NoReturn, Optional, Sequence
 
 from transformers import HfArgumentParser, TrainingArguments
+from transformers.hf_argparser import string_to_bool
 
 from .errors import OpenMatchWarning, UsageError
 
@@ -347,10 +350,14 @@ def parse_args(dataclass_types: Sequence[type], args: Optional[Sequence[str]] = 
     parser = HfArgumentParser(tuple(dataclass_types))
     parser.error = _raise_usage_error
     if len(argv) == 1 and argv[0].endswith(".json"):
-        path = os.path.abspath(argv[0])
-        outputs = parser.parse_json_file(json_file=path)
-        with open(path, encoding="utf-8") as handle:
-            given = frozenset(json.load(handle))
+        with open(os.path.abspath(argv[0]), encoding="utf-8") as handle:
+            try:
+                data = json.load(handle)
+            except json.JSONDecodeError as err:
+                raise UsageError(f"{argv[0]}: not JSON ({err})") from err
+        _check_json_arguments(parser, data, argv[0])
+        outputs = parser.parse_dict(data)
+        given = frozenset(data)
     else:
         *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
         outputs = tuple(parsed)
@@ -371,6 +378,49 @@ def _raise_usage_error(message: str) -> NoReturn:
     argparse would print the usage block first: several hundred flags once the training arguments are in.
     """
     raise UsageError(f"{message} (its flags: --help)")
+
+
+def _check_json_arguments(parser: argparse.ArgumentParser, data, path: str) -> None:
+    """What argparse checks of flags, checked of a ``.json`` argument file, whose values go to the dataclasses
+    as they are: every required field given, numbers, booleans and choices of the right kind."""
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: an argument file is one JSON object of flag names and values, "
+                         f"got a JSON {type(data).__name__}")
+    actions = {action.dest: action for action in parser._actions
+               if action.option_strings and action.option_strings[0] == f"--{action.dest}"}
+    missing = [f"--{dest}" for dest, action in actions.items() if action.required and dest not in data]
+    if missing:
+        raise UsageError(f"{path}: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required "
+                         "(its flags: --help)")
+    hints = {}
+    for dtype in parser.dataclass_types:
+        hints.update(typing.get_type_hints(dtype))
+    for key, value in data.items():
+        action = actions.get(key)
+        if action is None or (value is None and action.default is None):
+            continue  # a key of no flag: parse_dict names it
+        hint = hints.get(key)
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) and str in typing.get_args(hint):
+            continue  # str | bool, str | Enum: a flag parses the other type, but any string can be meant
+        if action.nargs == "+" and not isinstance(value, list):
+            raise UsageError(f"{path}: {key!r} must be a list, got {json.dumps(value)} (its flags: --help)")
+        for item in value if action.nargs == "+" else [value]:
+            kind = _json_kind_error(action, item)
+            if kind is not None:
+                raise UsageError(f"{path}: {key!r} must be {kind}, got {json.dumps(value)} (its flags: --help)")
+
+
+def _json_kind_error(action: argparse.Action, item) -> Optional[str]:
+    """What ``item`` should have been for ``action``'s flag, or ``None`` when it is fine."""
+    if action.type is string_to_bool:
+        return None if isinstance(item, bool) else "true or false"
+    if action.type is int and (isinstance(item, bool) or not isinstance(item, int)):
+        return "an integer"
+    if action.type is float and (isinstance(item, bool) or not isinstance(item, (int, float))):
+        return "a number"
+    if action.choices is not None and item not in action.choices:
+        return f"one of {', '.join(map(str, action.choices))}"
+    return None
 
 
 def _given_fields(parser: argparse.ArgumentParser, argv: Sequence[str]) -> frozenset:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shlex
 import warnings
 
@@ -11,10 +12,12 @@ import pytest
 import torch
 
 from openmatch.arguments import (
+    BM25Arguments,
     DataArguments,
     DRTrainingArguments,
     InferenceArguments,
     ModelArguments,
+    TextArguments,
     parse_args,
 )
 from openmatch.errors import UsageError
@@ -273,3 +276,40 @@ def test_output_dir_required_in_json(tmp_path):
     path.write_text(json.dumps({"model_name_or_path": "m"}))
     with pytest.raises(ValueError, match="--output_dir is required"):
         parse_quietly(INFER, [str(path)])
+
+
+@pytest.mark.parametrize("types, config, message", [
+    (INFER, {"model_name_or_path": "m", "output_dir": "o", "per_device_eval_batch_size": "ten"},
+     "'per_device_eval_batch_size' must be an integer, got \"ten\""),
+    (TRAIN, {"model_name_or_path": "m", "output_dir": "o", "fp16": "yes"}, "'fp16' must be true or false"),
+    (TRAIN, {"model_name_or_path": "m", "output_dir": "o", "learning_rate": True}, "'learning_rate' must be a number"),
+    (TRAIN, {"model_name_or_path": "m", "output_dir": "o", "pooling": "max"}, "'pooling' must be one of"),
+    (TRAIN, ["m"], "one JSON object"),
+    ([TextArguments, BM25Arguments], {"corpus_path": "c.tsv"}, "--output_dir is required"),
+    ([TextArguments, BM25Arguments], {"output_dir": "o", "retrieve_depth": "10"}, "'retrieve_depth' must be an integer"),
+])
+def test_json_values_are_checked_as_flags_are(tmp_path, types, config, message):
+    """A .json argument file's values reach the dataclasses as they are: what argparse refuses in a flag (a
+    missing required flag, a wrong type, a value not among the choices) is a UsageError naming the file."""
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps(config))
+    with pytest.raises(UsageError, match=re.escape(message)) as err:
+        parse_quietly(types, [str(path)])
+    assert str(err.value).startswith(f"{path}: ")
+
+
+def test_json_not_json_is_a_usage_error(tmp_path):
+    path = tmp_path / "args.json"
+    path.write_text('{"model_name_or_path": ')
+    with pytest.raises(UsageError, match=f"{re.escape(str(path))}: not JSON"):
+        parse_quietly(INFER, [str(path)])
+
+
+def test_json_values_a_flag_would_take_are_accepted(tmp_path):
+    # An int for a float, null for an optional field, and any string for a ``str | bool`` field (transformers'
+    # include_num_input_tokens_seen: "all", "non_padding", "no" or a boolean).
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"model_name_or_path": "m", "output_dir": "o", "learning_rate": 1, "eval_steps": None,
+                                "include_num_input_tokens_seen": "no", "fp16": False, "pooling": "mean"}))
+    model, _, train = parse_quietly(TRAIN, [str(path)])
+    assert train.learning_rate == 1 and model.pooling == "mean"
