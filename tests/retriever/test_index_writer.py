@@ -172,3 +172,18 @@ def test_the_memory_check_counts_the_rows_a_shard_really_holds(tmp_path, monkeyp
     with pytest.raises(ResourceError, match=r"shards of 250 passages .*\(4 processes on this machine, one shard each\)"
                        r".* --max_inmem_docs 496 or less"):
         builder.check_shard_fits_memory(str(corpus), 768, "float32", 10_000_000, 4)
+
+
+def test_build_index_counts_the_corpus_lines_once(tiny_bert, tmp_path, monkeypatch):
+    """One pass over the corpus for its line count (the memory check, the progress bar and the last shard's
+    size share it): a full pass over MS MARCO's corpus is seconds."""
+    corpus_path = tmp_path / "corpus.tsv"
+    corpus_path.write_text("".join(f"d{i}\tpassage number {i}\n" for i in range(7)), encoding="utf-8")
+    calls = []
+    real_count = builder.count_lines
+    monkeypatch.setattr(builder, "count_lines", lambda path: calls.append(path) or real_count(path))
+    manifest = api.build_index(TokenEcho(16), AutoTokenizer.from_pretrained(tiny_bert), corpus_path, tmp_path / "idx",
+                               max_len=16, batch_size=4, template="<text>", column_names="id,text", max_inmem_docs=5,
+                               progress=False)
+    assert manifest["total"] == 7 and [s["count"] for s in manifest["shards"]] == [5, 2]
+    assert calls == [str(corpus_path)]
