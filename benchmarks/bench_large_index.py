@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_scale import machine, measure, minilm_path  # noqa: E402
-from openmatch.cli import existing_folder, folder_to_write  # noqa: E402
+from openmatch.cli import ArgumentParser, existing_folder, folder_to_write  # noqa: E402
 
 MSMARCO_PASSAGES = 8_841_823
 MSMARCO_DEV_QUERIES = 6_980
@@ -139,7 +139,7 @@ def _dtypes(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work_dir", default="work_dir/large-index", type=folder_to_write)
     parser.add_argument("--passages", type=int, default=MSMARCO_PASSAGES)
     parser.add_argument("--dim", type=int, default=768)

@@ -33,7 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from openmatch.cli import folder_to_write  # noqa: E402  (after the path insert above)
+from openmatch.cli import ArgumentParser, folder_to_write  # noqa: E402  (after the path insert above)
 
 MODES = ("all_at_once", "per_query")
 
@@ -71,7 +71,7 @@ def write_run(mode: str, index_dir: str, run: str, n_queries: int, depth: int, s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work_dir", default="work_dir/run-memory", type=folder_to_write)
     parser.add_argument("--passages", type=int, default=8_841_823)
     parser.add_argument("--queries", type=int, default=502_939)

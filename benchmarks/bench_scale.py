@@ -59,7 +59,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import make_synthetic_marco as synthetic  # noqa: E402  (benchmarks/ is on the path above)
-from openmatch.cli import folder_to_write  # noqa: E402
+from openmatch.cli import ArgumentParser, folder_to_write  # noqa: E402
 
 STAGES = ("generate", "prepare", "build_train", "build_index", "retrieve", "build_hn")
 DOC_TEMPLATE = "Title: <title> Text: <text>"
@@ -477,7 +477,7 @@ def parse_stages(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--f", type=parse_fs, default=[0.001], help="scale factors, comma separated")
     parser.add_argument("--stages", type=parse_stages, default=list(STAGES), help=f"comma separated: {','.join(STAGES)}")
     parser.add_argument("--work_dir", default=str(REPO / "work_dir" / "scale"), type=folder_to_write, help="collections and outputs")

@@ -27,6 +27,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from openmatch.cli import ArgumentParser  # noqa: E402  (one error line, as the commands)
+
 
 def phase(name: str, folder: str, depth: int) -> dict:
     import numpy as np
@@ -73,7 +75,7 @@ def phase(name: str, folder: str, depth: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=200_000)
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--queries", type=int, default=2000)

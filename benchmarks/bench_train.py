@@ -32,6 +32,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from openmatch.cli import ArgumentParser  # noqa: E402  (one error line, as the commands)
 DATA = Path(os.environ.get("OPENMATCH_SHARED_DATA", REPO.parent / "shared" / "data")) / "scifact"
 
 
@@ -178,7 +180,7 @@ def run_variant(args) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="minilm", help="minilm | tiny | tiny-t5 | t5-base-shape | a model folder")
     parser.add_argument("--pooling", default=None, help="pooling for encoder models (default: mean for minilm)")
     parser.add_argument("--batch_size", type=int, default=8)

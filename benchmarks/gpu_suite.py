@@ -22,7 +22,6 @@ tokenizer path. Rows:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -36,6 +35,8 @@ from types import SimpleNamespace
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
+
+from openmatch.cli import ArgumentParser  # noqa: E402  (one error line, as the commands)
 
 
 @dataclass
@@ -257,7 +258,7 @@ def format_table(rows: list[dict], card: str) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny models and sizes (CPU, CI)")
     parser.add_argument("--stages", default="encode,train,search", help="comma-separated subset")
     parser.add_argument("--passages", type=int, help="corpus size for encoding")

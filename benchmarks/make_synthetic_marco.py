@@ -51,7 +51,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from openmatch.cli import folder_to_write  # noqa: E402  (after the path insert above)
+from openmatch.cli import ArgumentParser, folder_to_write  # noqa: E402  (after the path insert above)
 from openmatch.utils import atomic_output  # noqa: E402
 
 FULL_PASSAGES = 8_841_823
@@ -418,7 +418,7 @@ def write_run(marco_dir: Path, path: Path, depth: int = 200, seed: int = 0, run_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", required=True, type=folder_to_write, help="the collection folder (written, or read by --run)")
     parser.add_argument("--f", type=float, default=0.001, help="scale factor of the official sizes (1 = full size)")
     parser.add_argument("--seed", type=int, default=0)

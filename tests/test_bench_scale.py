@@ -265,8 +265,8 @@ def test_run_memory_benchmark_writes_the_same_run_both_ways(tmp_path):
     ("bench_run_memory.py", "--work_dir"), ("bench_large_index.py", "--work_dir"), ("bench_large_index.py", "--tokenizer"),
 ])
 def test_a_bad_folder_argument_is_an_error_line_before_any_work(script, flag, tmp_path):
-    """A file where a benchmark's folder goes (or no tokenizer folder) is refused by argparse, not a traceback
-    after minutes of generating."""
+    """A file where a benchmark's folder goes (or no tokenizer folder) is refused by argparse in one error line,
+    not a traceback after minutes of generating."""
     a_file = tmp_path / "a_file"
     a_file.write_text("")
     given = {"--tokenizer": str(tmp_path / "no_tokenizer")}.get(flag, str(a_file))
@@ -274,6 +274,6 @@ def test_a_bad_folder_argument_is_an_error_line_before_any_work(script, flag, tm
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *extra, flag, given], env=ENV,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
-    assert out.stderr.strip().splitlines()[-1].endswith(
-        f"error: argument {flag}: " + (f"{given}: no such folder" if flag == "--tokenizer" else f"{given} is a file, not a folder"))
+    reason = f"{given}: no such folder" if flag == "--tokenizer" else f"{given} is a file, not a folder"
+    assert out.stderr.strip().splitlines() == [f"error: argument {flag}: {reason} (its flags: --help)"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
