@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 
 
 def dist_context() -> tuple[int, int]:
@@ -67,13 +68,25 @@ def init_distributed() -> None:
         dist.init_process_group(backend="gloo")
 
 
-def teardown_distributed() -> None:
+def teardown_distributed(*models: torch.nn.Module) -> None:
     """Leave the process group, if one was formed, once every rank is done with it.
 
     Without it a rank's gloo threads can still be running when the interpreter exits ("terminate called
     without an active exception", SIGABRT); without the barrier a fast rank leaves while a slow one still
     talks to it, and the slow one waits forever.
+
+    ``models``: the ``DistributedDataParallel`` wrappers still alive (the trainer's); their Reducer is released
+    first, while the group is still registered. Otherwise the Reducer can be the group's last owner when the
+    wrapper is freed, and destroys the gloo group with the GIL held: the destructor joins gloo's threads while
+    one of them waits for the GIL to free a finished collective's tensors, and the rank never exits (seen in a
+    test run: the model saved, both ranks' work done, rank 0 stuck in ``~ProcessGroupGloo``; PyTorch issue
+    56297). The group's Python objects release the GIL when they destroy it, so they are left to be its last
+    owners.
     """
+    for model in models:
+        if isinstance(model, DistributedDataParallel):
+            # dist.Logger holds the Reducer too. The wrapper's group is the training's, done with here.
+            model.logger = model.reducer = model.process_group = None
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

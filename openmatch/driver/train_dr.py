@@ -143,7 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         trainer.save_model()
     if trainer.is_world_process_zero():
         logger.info("model saved to %s", training_args.output_dir)
-    teardown_distributed()
+    teardown_distributed(trainer.model_wrapped)
 
 
 if __name__ == "__main__":
