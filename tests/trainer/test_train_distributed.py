@@ -41,8 +41,8 @@ def run(cmd, timeout=240, **env_extra):
     """Run a launch; one that gives no result within ``timeout`` is run once more from a clean state, with a
     warning. A wrong result still fails, and so do two stalls.
 
-    Why a retry: runs of the training tests beside a busy loop on the shared 2 cores saw a launch never exit,
-    about once in ten. py-spy showed it after the training: model saved, both ranks' records written, rank 0
+    Why a retry: three runs of the distributed tests beside two busy loops on the shared 2 cores (about a dozen
+    launches) saw one launch never exit, as one full-suite run had before. py-spy showed it after the training: model saved, both ranks' records written, rank 0
     in ``~ProcessGroupGloo``, which was reached from freeing DDP's Reducer. It was joining gloo's threads with
     the GIL held, while one of them waited for the GIL (PyTorch issue 56297). ``teardown_distributed`` now
     releases the Reducer while the group is still registered (``tests/trainer/test_teardown.py``). That
