@@ -58,7 +58,7 @@ def write_run(mode: str, index_dir: str, run: str, n_queries: int, depth: int, s
     qids, scores, rows = hits(n_queries, depth, index.total, seed)
     started = time.perf_counter()
     if mode == "all_at_once":
-        names = index.ids_of(rows).tolist()
+        names = index.id_table()[rows].astype(str).tolist()
         results = {q: list(zip(n, s)) for q, n, s in zip(qids, names, scores.tolist())}
         del names
         lines = write_trec_run(run, results.items())

@@ -238,7 +238,7 @@ def test_large_index_benchmark_writes_a_searchable_index_of_its_model(minilm_pat
     check_compatible(model, index.manifest, str(tmp_path / "idx"))
     rows = np.concatenate([block.copy() for _, block in index.iter_blocks(1024)])
     np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1, atol=2e-3)
-    assert index.ids_of(np.array([0, 1999, 2499])).tolist() == ["0", "1999", "2499"]
+    assert index.id_table()[[0, 1999, 2499]].astype(str).tolist() == ["0", "1999", "2499"]
 
     (tmp_path / "a.trec").write_text("q1 Q0 p1 1 2 r\nq1 Q0 p2 2 1 r\nq2 Q0 p3 1 2 r\nq2 Q0 p4 2 1 r\n")
     (tmp_path / "b.trec").write_text("q1 Q0 p1 1 2 r\nq1 Q0 p2 2 1 r\nq2 Q0 p3 1 2 r\nq2 Q0 p5 2 1 r\n")

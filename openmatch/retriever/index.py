@@ -602,7 +602,10 @@ def first_repeated_id(table: np.ndarray) -> Optional[str]:
         return None
     ordered = np.sort(table)
     repeats = np.flatnonzero(ordered[1:] == ordered[:-1])
-    return None if not len(repeats) else str(ordered[repeats[0]].decode() if ordered.dtype.kind == "S" else ordered[repeats[0]])
+    if not len(repeats):
+        return None
+    repeated = ordered[repeats[0]]
+    return repeated.decode() if isinstance(repeated, bytes) else str(repeated)
 
 
 class EmbeddingIndex:
@@ -658,66 +661,16 @@ class EmbeddingIndex:
             if reader is not None:
                 reader.close()
 
-    def lookup_ids(self, indices: np.ndarray) -> dict[int, str]:
-        """``{global_index: id}`` for the given indices, reading the id files once (no full id table in memory)."""
-        wanted = np.unique(indices[indices >= 0])
-        return dict(zip(wanted.tolist(), self.ids_of(wanted).tolist()))
-
-    def ids_of(self, indices: np.ndarray) -> np.ndarray:
-        """An object array shaped like ``indices`` holding the id of each global index (``None`` for -1).
-
-        Each needed id file is read once, in chunks of ``_ID_CHUNK_CHARS`` characters, so memory holds a
-        chunk of one shard's ids, never the whole id table; the hits are found with one sort instead of a
-        Python test per line or per hit.
-        """
-        indices = np.asarray(indices)
-        out = np.full(indices.shape, None, dtype=object)
-        flat = indices.reshape(-1)
-        rows = np.flatnonzero(flat >= 0)
-        if not len(rows):
-            return out
-        if int(flat[rows].max()) >= self.total:
-            raise IndexError(f"index {int(flat[rows].max())} is beyond the {self.total} passages of {self.index_dir}")
-        order = rows[np.argsort(flat[rows], kind="stable")]
-        targets = flat[order]  # ascending global indices (repeats allowed)
-        names = np.empty(len(order), dtype=object)
-        for shard, offset in zip(self.shards, self.offsets):
-            lo, hi = np.searchsorted(targets, [offset, offset + shard["count"]])
-            if lo < hi:
-                names[lo:hi] = self._read_ids(shard, targets[lo:hi] - offset)
-        out.reshape(-1)[order] = names
-        return out
-
     def id_table(self) -> np.ndarray:
         """Every row's id as one numpy string array (row order), read once and kept.
 
         ASCII ids (MS MARCO's) are stored as bytes, one byte a character (62 MB for 8.8M ids of up to 7
         digits), others as unicode; ``id_table()[rows].astype(str)`` gives them as Python strings. For many
-        lookups in any order (:class:`~openmatch.retriever.search.SearchResults`); :meth:`ids_of` reads only
-        the ids asked for.
+        lookups in any order (:class:`~openmatch.retriever.search.SearchResults`).
         """
         if self._id_table is None:
             self._id_table = read_id_table(self.index_dir, self.shards)
         return self._id_table
-
-    def _read_ids(self, shard: dict, local: np.ndarray) -> list[str]:
-        """The ids at the ascending row numbers ``local`` of one shard."""
-        path = os.path.join(self.index_dir, shard["ids"])
-        found: list[str] = []
-        start, pos = 0, 0
-        for lines in _id_chunks(path):
-            end = start + len(lines)
-            stop = int(np.searchsorted(local, end, side="left"))
-            if stop > pos:
-                pick = (local[pos:stop] - start).tolist()
-                found.extend([lines[i] for i in pick])
-                pos = stop
-            start = end
-            if pos == len(local):
-                break
-        if pos < len(local):
-            raise IndexFolderError(f"{path}: holds {start} ids, the manifest says {shard['count']}")
-        return found
 
 
 class _ShardReader:
@@ -770,27 +723,3 @@ class _ShardReader:
 
     def close(self) -> None:
         self.handle.close()
-
-
-_ID_CHUNK_CHARS = 1 << 24
-
-
-def _id_chunks(path: str) -> Iterator[list[str]]:
-    """Lists of consecutive lines (without their newline) of an id file, a bounded chunk at a time."""
-    with open(path, encoding="utf-8") as handle:
-        rest = ""
-        while True:
-            data = handle.read(_ID_CHUNK_CHARS)
-            if not data:
-                break
-            data = rest + data
-            cut = data.rfind("\n")
-            if cut < 0:
-                rest = data
-                continue
-            rest = data[cut + 1 :]
-            yield data[:cut].split("\n")
-        if rest:
-            yield [rest]
-
-
